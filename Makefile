@@ -1,0 +1,42 @@
+# Every target installs what it needs into .venv first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CSV    ?= ../shared/data/ett/ETTh1.csv
+COLUMN ?= OT
+HORIZON ?= 96
+
+.PHONY: install install-dev forecast test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 first: it is the CPU wheel here; any other spec pulls gigabytes of CUDA.
+$(VENV)/.installed-train: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-train
+	$(BIN)/pip install -q -e '.[train,export,dev]'
+	touch $@
+
+install: $(VENV)/.installed-train
+install-dev: $(VENV)/.installed-dev
+
+## The main job: forecast a CSV column with the shipped model (prints the forecast).
+forecast: install
+	$(BIN)/moecast forecast --csv $(CSV) --column $(COLUMN) --horizon $(HORIZON)
+
+## The whole test suite.
+test: install-dev
+	@command -v mosquitto >/dev/null || { command -v apt-get >/dev/null && \
+		(apt-get install -y -q mosquitto >/dev/null 2>&1 || sudo apt-get install -y -q mosquitto >/dev/null 2>&1) ; } || true
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The moecast edge agent: MQTT in, forecasts and alerts out. Never imports torch."""

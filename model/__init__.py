@@ -1,0 +1,1 @@
+"""The moecast network (PyTorch): Time-MoE-style sparse mixture-of-experts forecaster."""

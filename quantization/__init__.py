@@ -1,0 +1,1 @@
+"""From checkpoint to edge bundle: routing statistics, pruning, ONNX export, int8, signing."""

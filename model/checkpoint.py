@@ -1,0 +1,47 @@
+"""Checkpoints: a directory with `model.safetensors` and `config.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import ModelConfig
+from model.network import MoecastModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_checkpoint(
+    model: MoecastModel, directory: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write the weights and config; `metadata` (JSON-able) goes into config.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS_FILE, metadata={"format": "moecast"})
+    document = {"config": json.loads(model.config.to_json()), "metadata": metadata or {}}
+    (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> MoecastModel:
+    """Rebuild the model from a checkpoint directory, in eval mode."""
+    directory = Path(directory)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} is not a moecast checkpoint: {name} is missing")
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    config = ModelConfig.from_json(json.dumps(document["config"]))
+    model = MoecastModel(config)
+    model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(device)), strict=True)
+    return model.to(device).eval()
+
+
+def checkpoint_metadata(directory: str | Path) -> dict[str, Any]:
+    document = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    return document.get("metadata", {})

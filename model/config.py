@@ -1,0 +1,146 @@
+"""Model configuration: one dataclass and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_HORIZONS = (1, 8, 32, 64)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a moecast network.
+
+    Feed-forward widths follow Time-MoE: each routed expert is a SwiGLU of width `d_ff // 2`
+    and the shared expert has width `d_ff`. With `n_experts == 1` the layer is a plain SwiGLU
+    of width `d_ff` with no router and no shared expert: the dense twin.
+    """
+
+    context_length: int = 512
+    patch_len: int = 8
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 352
+    n_experts: int = 8
+    top_k: int = 2
+    shared_expert: bool = True
+    horizons: tuple[int, ...] = DEFAULT_HORIZONS
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+    balance_loss_weight: float = 0.02
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        # Tuples survive a JSON round trip as lists; normalise so equality and hashing hold.
+        object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    def _problems(self):
+        if self.patch_len < 1:
+            yield f"patch_len must be >= 1, got {self.patch_len}"
+        elif self.context_length < self.patch_len or self.context_length % self.patch_len:
+            yield (
+                f"context_length ({self.context_length}) must be a positive multiple of "
+                f"patch_len ({self.patch_len})"
+            )
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            yield f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer"
+        if self.n_layers < 1:
+            yield f"n_layers must be >= 1, got {self.n_layers}"
+        if self.n_experts < 1:
+            yield f"n_experts must be >= 1, got {self.n_experts}"
+        elif not 1 <= self.top_k <= self.n_experts:
+            yield f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}"
+        if self.n_experts > 1 and self.d_ff < 2:
+            yield f"d_ff must be >= 2 for routed experts of width d_ff // 2, got {self.d_ff}"
+        if not self.horizons or any(h < 1 for h in self.horizons):
+            yield f"horizons must be positive, got {self.horizons}"
+        elif list(self.horizons) != sorted(set(self.horizons)) or 1 not in self.horizons:
+            # Horizon 1 guarantees the greedy schedule can always finish any horizon.
+            yield f"horizons must be strictly increasing and include 1, got {self.horizons}"
+        qs = self.quantiles
+        if not qs or any(not 0.0 < q < 1.0 for q in qs) or list(qs) != sorted(set(qs)):
+            yield f"quantiles must be strictly increasing in (0, 1), got {qs}"
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.n_experts > 1
+
+    @property
+    def expert_d_ff(self) -> int:
+        return self.d_ff // 2 if self.is_sparse else self.d_ff
+
+    @property
+    def max_horizon(self) -> int:
+        return self.horizons[-1]
+
+    @property
+    def median_index(self) -> int:
+        """Index of the quantile closest to 0.5: the point forecast and the monotone anchor."""
+        return min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - 0.5))
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        return cls(**data)
+
+
+def _edge() -> ModelConfig:
+    return ModelConfig(name="edge")
+
+
+def _dense_twin(name: str, d_ff: int) -> ModelConfig:
+    return _edge().replace(name=name, n_experts=1, top_k=1, shared_expert=False, d_ff=d_ff)
+
+
+# Dense twins: the MoE's active FFN is top_k experts of d_ff/2 plus the shared expert of d_ff,
+# i.e. a SwiGLU of width (top_k/2 + 1) * d_ff; its total FFN is (n_experts/2 + 1) * d_ff.
+_EDGE = _edge()
+_ACTIVE_FFN = (_EDGE.top_k * _EDGE.expert_d_ff) + _EDGE.d_ff
+_TOTAL_FFN = (_EDGE.n_experts * _EDGE.expert_d_ff) + _EDGE.d_ff
+
+PRESETS: dict[str, ModelConfig] = {
+    "nano": ModelConfig(
+        name="nano",
+        context_length=128,
+        patch_len=4,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        n_experts=4,
+        top_k=2,
+    ),
+    "edge": _EDGE,
+    "edge-dense-active": _dense_twin("edge-dense-active", _ACTIVE_FFN),
+    "edge-dense-total": _dense_twin("edge-dense-total", _TOTAL_FFN),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset, optionally with fields changed (e.g. `preset("edge", patch_len=1)`)."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return base.replace(**overrides) if overrides else base

@@ -1,0 +1,315 @@
+"""The moecast network in one file.
+
+A decoder-only transformer over patches of a univariate series (Time-MoE, Shi et al. 2025):
+in-model z-score over the observed points, a gated embedding of values and observed-mask,
+pre-norm blocks (RMSNorm, RoPE, causal attention) whose feed-forward layers are sparse
+mixtures of experts, and one quantile head per forecast horizon. Every position is a forecast
+origin: the head at token i predicts the points after the end of patch i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+
+
+@dataclass
+class MoecastOutput:
+    """What one forward pass returns.
+
+    `forecasts[h]` holds normalised quantiles `[batch, tokens, h, n_quantiles]` (`tokens` is 1
+    with `last_only`); `loc` and `scale` (`[batch, 1]`) map them back to the raw scale.
+    `expert_load[l, e]` is the router probability mass that layer l gave expert e, summed over
+    observed tokens (each layer's row sums to the number of observed tokens);
+    `expert_tokens[l, e]` counts the observed tokens that selected expert e among their top-k.
+    """
+
+    forecasts: dict[int, Tensor]
+    loc: Tensor
+    scale: Tensor
+    balance_loss: Tensor
+    expert_load: Tensor
+    expert_tokens: Tensor
+    token_observed: Tensor
+
+
+def observed_zscore(values: Tensor, observed: Tensor, min_scale: float = 1e-6):
+    """Mean and standard deviation over the observed points of each row.
+
+    A constant series gets the floor `min_scale`, so its forecast stays (almost) constant
+    instead of dividing by zero; a row with nothing observed gets loc 0, scale `min_scale`.
+    """
+    count = observed.sum(-1, keepdim=True).clamp_min(1)
+    loc = torch.where(observed, values, 0.0).sum(-1, keepdim=True) / count
+    centred = torch.where(observed, values - loc, 0.0)
+    scale = (centred.square().sum(-1, keepdim=True) / count).sqrt().clamp_min(min_scale)
+    return loc, scale
+
+
+def rope_tables(n: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype):
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.arange(n, device=device).float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class PatchEmbedding(nn.Module):
+    """Gated (SwiGLU-style, as Time-MoE) embedding of a patch's values and its observed-mask.
+
+    The mask is an input, not only a multiplier: the model must tell a missing point from a
+    point that happens to equal the mean.
+    """
+
+    def __init__(self, patch_len: int, d_model: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(2 * patch_len, d_model)
+        self.gate = nn.Linear(2 * patch_len, d_model)
+
+    def forward(self, values: Tensor, observed: Tensor) -> Tensor:
+        z = torch.cat([values, observed.to(values.dtype)], dim=-1)
+        return F.silu(self.gate(z)) * self.value(z)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, width: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * width, bias=False)
+        self.down = nn.Linear(width, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads, n, head_dim]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+@dataclass
+class Routing:
+    """Per-layer routing record over the observed tokens."""
+
+    balance_loss: Tensor  # scalar
+    load: Tensor  # [n_experts] router probability mass
+    tokens: Tensor  # [n_experts] top-k selections
+
+
+class MoEFeedForward(nn.Module):
+    """Softmax router, top-k routed SwiGLU experts, plus a shared expert behind a sigmoid gate.
+
+    Dispatch is grouped per expert: each expert runs once on the tokens that chose it.
+    Top-k weights are the raw softmax probabilities (not renormalised), as in Time-MoE.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = config.n_experts, config.top_k
+        self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
+        self.experts = nn.ModuleList(
+            SwiGLU(config.d_model, config.expert_d_ff) for _ in range(config.n_experts)
+        )
+        self.shared = SwiGLU(config.d_model, config.d_ff) if config.shared_expert else None
+        self.shared_gate = (
+            nn.Linear(config.d_model, 1, bias=False) if config.shared_expert else None
+        )
+
+    def forward(self, x: Tensor, token_observed: Tensor) -> tuple[Tensor, Routing]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = F.softmax(self.router(x), dim=-1, dtype=torch.float32)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights.to(x.dtype)
+
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)
+            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        if self.shared is not None:
+            out = out + torch.sigmoid(self.shared_gate(x)) * self.shared(x)
+
+        routing = self._routing(probs, chosen, token_observed.reshape(-1))
+        return out.view(shape), routing
+
+    def _routing(self, probs: Tensor, chosen: Tensor, observed: Tensor) -> Routing:
+        weight = observed.to(probs.dtype)[:, None]
+        n_tokens = weight.sum().clamp_min(1.0)
+        selected = F.one_hot(chosen, self.n_experts).sum(1).to(probs.dtype) * weight  # [T, E]
+        load = (probs * weight).sum(0)
+        tokens = selected.sum(0)
+        # Switch / Time-MoE balance loss: N * sum_i f_i * P_i with f_i the share of the T*k
+        # assignments that went to expert i and P_i its mean router probability. It is 1 for
+        # perfectly uniform routing and grows towards N as routing collapses.
+        f = tokens / (n_tokens * self.top_k)
+        p = load / n_tokens
+        return Routing(balance_loss=self.n_experts * (f * p).sum(), load=load, tokens=tokens)
+
+
+class DenseFeedForward(nn.Module):
+    """The dense twin's feed-forward: one SwiGLU, no router."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ffn = SwiGLU(config.d_model, config.d_ff)
+
+    def forward(self, x: Tensor, token_observed: Tensor) -> tuple[Tensor, Routing]:
+        n = token_observed.sum().to(x.dtype).reshape(1)
+        return self.ffn(x), Routing(balance_loss=x.new_zeros(()), load=n, tokens=n)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.ffn = MoEFeedForward(config) if config.is_sparse else DenseFeedForward(config)
+
+    def forward(self, x, cos, sin, attn_mask, token_observed) -> tuple[Tensor, Routing]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask)
+        y, routing = self.ffn(self.ffn_norm(x), token_observed)
+        return x + y, routing
+
+
+def monotone_quantiles(raw: Tensor, anchor: int) -> Tensor:
+    """Quantiles that cannot cross: the anchor (median) is free, the others are reached from it
+    by cumulative softplus steps upwards and downwards."""
+    centre = raw[..., anchor : anchor + 1]
+    up = F.softplus(raw[..., anchor + 1 :]).cumsum(-1)
+    down = F.softplus(raw[..., :anchor]).flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([centre - down, centre, centre + up], dim=-1)
+
+
+class QuantileHead(nn.Module):
+    def __init__(self, d_model: int, horizon: int, n_quantiles: int, anchor: int) -> None:
+        super().__init__()
+        self.horizon, self.n_quantiles, self.anchor = horizon, n_quantiles, anchor
+        self.proj = nn.Linear(d_model, horizon * n_quantiles)
+
+    def forward(self, h: Tensor) -> Tensor:
+        raw = self.proj(h).unflatten(-1, (self.horizon, self.n_quantiles))
+        return monotone_quantiles(raw, self.anchor)
+
+
+class MoecastModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = PatchEmbedding(config.patch_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.heads = nn.ModuleDict(
+            {
+                str(h): QuantileHead(config.d_model, h, len(config.quantiles), config.median_index)
+                for h in config.horizons
+            }
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        values: Tensor,
+        loc: Tensor | None = None,
+        scale: Tensor | None = None,
+        last_only: bool = False,
+    ) -> MoecastOutput:
+        """`values`: `[batch, length]` raw scale, NaN = missing, length a multiple of patch_len.
+
+        `loc`/`scale` override the z-score statistics (tests of causality use this: with the
+        statistics fixed, the network is strictly causal over patches).
+        """
+        cfg = self.config
+        b, length = values.shape
+        if length == 0 or length % cfg.patch_len:
+            raise ValueError(f"length {length} is not a positive multiple of {cfg.patch_len}")
+        observed = ~torch.isnan(values)
+        if loc is None or scale is None:
+            loc, scale = observed_zscore(values, observed)
+        z = torch.where(observed, (values - loc) / scale, 0.0)
+
+        n = length // cfg.patch_len
+        patch_observed = observed.view(b, n, cfg.patch_len)
+        token_observed = patch_observed.any(-1)
+        x = self.embed(z.view(b, n, cfg.patch_len), patch_observed)
+
+        # Causal attention that ignores tokens with no observed point (left padding, long
+        # gaps), so padding a short series with NaN changes nothing. Each token may still
+        # attend to itself, which keeps fully-masked rows well defined.
+        causal = torch.ones(n, n, dtype=torch.bool, device=values.device).tril()
+        diagonal = torch.eye(n, dtype=torch.bool, device=values.device)
+        attn_mask = (causal & (token_observed[:, None, :] | diagonal))[:, None]
+        cos, sin = rope_tables(n, cfg.d_model // cfg.n_heads, cfg.rope_theta, x.device, x.dtype)
+
+        routings = []
+        for block in self.blocks:
+            x, routing = block(x, cos, sin, attn_mask, token_observed)
+            routings.append(routing)
+        x = self.norm(x[:, -1:] if last_only else x)
+
+        return MoecastOutput(
+            forecasts={
+                h: head(x) for h, head in zip(cfg.horizons, self.heads.values(), strict=True)
+            },
+            loc=loc,
+            scale=scale,
+            balance_loss=torch.stack([r.balance_loss for r in routings]).mean(),
+            expert_load=torch.stack([r.load for r in routings]),
+            expert_tokens=torch.stack([r.tokens for r in routings]),
+            token_observed=token_observed,
+        )
+
+    @torch.no_grad()
+    def predict(self, values: Tensor) -> dict[int, Tensor]:
+        """Raw-scale quantile forecasts from the end of `values`: `{h: [batch, h, n_quantiles]}`.
+
+        Rows with no observed value get NaN.
+        """
+        out = self.forward(values, last_only=True)
+        empty = out.token_observed.any(-1).logical_not()[:, None, None]
+        scale, loc = out.scale[:, :, None], out.loc[:, :, None]
+        return {
+            h: torch.where(empty, torch.nan, q[:, 0] * scale + loc)
+            for h, q in out.forecasts.items()
+        }
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters and those active for one token (top_k of the routed experts)."""
+        total = sum(p.numel() for p in self.parameters())
+        inactive = 0
+        if self.config.is_sparse:
+            per_expert = sum(p.numel() for p in self.blocks[0].ffn.experts[0].parameters())
+            idle = self.config.n_experts - self.config.top_k
+            inactive = per_expert * idle * self.config.n_layers
+        return {"total": total, "active": total - inactive}

@@ -149,7 +149,10 @@ class MoEFeedForward(nn.Module):
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(chosen == e)
-            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+            # index_select (not x[token]): its backward is an index_add, several times faster
+            # on CPU than the scatter behind advanced indexing.
+            picked = expert(x.index_select(0, token)) * weights[token, slot, None]
+            out.index_add_(0, token, picked)
         if self.shared is not None:
             out = out + torch.sigmoid(self.shared_gate(x)) * self.shared(x)
 

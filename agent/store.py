@@ -1,0 +1,177 @@
+"""Durable readings in SQLite: what the agent acknowledges to the broker is here first.
+
+Durability: the database runs in WAL mode with `synchronous=NORMAL`. A commit then appends to
+the WAL file, which sits in the OS page cache, without an fsync; the fsync happens at
+checkpoints. A killed process (`kill -9`, OOM killer, crash) cannot lose a committed
+transaction, because the OS still holds and eventually writes the pages: that is exactly the
+promise "a reading acknowledged to the broker survives killing the agent". Only a power loss or
+kernel crash can lose the last transactions before a checkpoint (the database stays consistent).
+Devices that must also survive power loss set `power_loss_safe`, which fsyncs every commit
+(`synchronous=FULL`) at a large cost per write on SD cards.
+
+Threading contract: one `ReadingStore` owns one connection and is not thread-safe. Create it
+anywhere (e.g. the main thread for start-up restores), then use it from one writer thread only,
+which batches parsed messages into `write` and acknowledges them once `write` has returned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.readings import Reading, StreamId
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    UNIQUE (device, sensor)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    stream_id INTEGER NOT NULL REFERENCES streams (id),
+    ts REAL NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (stream_id, ts)
+) WITHOUT ROWID;
+"""
+
+
+class StoreLimits(BaseModel):
+    """Retention and durability of the store; a settings module fills these."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retention_points: int = Field(default=20_000, gt=0)
+    # Pruning finds the cut-off by walking `retention_points` index entries, so it runs once a
+    # stream has had this many inserts since its last prune; a stream holds at most
+    # retention_points + prune_slack rows.
+    prune_slack: int = Field(default=2_000, gt=0)
+    power_loss_safe: bool = False
+
+
+class ReadingStore:
+    """Readings per stream in SQLite, newest `retention_points` kept; see the threading contract."""
+
+    def __init__(self, path: str | Path, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        # isolation_level=None: transactions are begun and committed explicitly in `write`.
+        # check_same_thread=False: see the threading contract in the module docstring.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        synchronous = "FULL" if self.limits.power_loss_safe else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        # A batch spread over many streams dirties one leaf page per stream, so commits are
+        # page-heavy: checkpoint (and fsync) every ~16 MB of WAL rather than SQLite's 4 MB, and
+        # bound the WAL file left behind afterwards on small disks.
+        self._db.execute("PRAGMA wal_autocheckpoint=4000")
+        self._db.execute("PRAGMA journal_size_limit=67108864")
+        self._db.executescript(_SCHEMA)
+        self._ids: dict[StreamId, int] = {
+            StreamId(device, sensor): stream_id
+            for stream_id, device, sensor in self._db.execute(
+                "SELECT id, device, sensor FROM streams"
+            )
+        }
+        # Inserts since each stream's last prune. Existing streams start due, so a lowered
+        # retention or rows written by an earlier run are pruned at their next write.
+        self._unpruned: dict[int, int] = dict.fromkeys(self._ids.values(), self.limits.prune_slack)
+
+    def write(self, batch: Mapping[StreamId, Sequence[Reading]]) -> None:
+        """Store all readings in one transaction; returns only once it is committed.
+
+        A reading with the same stream and timestamp as a stored one replaces it, so a
+        redelivered message is harmless. Values must be finite (the parser guarantees it).
+        If this raises, nothing of the batch is stored: do not acknowledge it.
+        """
+        new_ids: dict[StreamId, int] = {}
+        counts: dict[int, int] = {}
+        rows: list[tuple[int, float, float]] = []
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for stream, readings in batch.items():
+                stream_id = self._ids.get(stream, new_ids.get(stream))
+                if stream_id is None:
+                    stream_id = new_ids[stream] = self._insert_stream(stream)
+                rows += [(stream_id, ts, value) for ts, value in readings]
+                counts[stream_id] = counts.get(stream_id, 0) + len(readings)
+            # One statement for the whole batch: many streams with one reading each is the
+            # common shape, and per-statement overhead would dominate it.
+            db.executemany(
+                "INSERT OR REPLACE INTO readings (stream_id, ts, value) VALUES (?, ?, ?)", rows
+            )
+            due = [
+                stream_id
+                for stream_id, count in counts.items()
+                if self._unpruned.get(stream_id, 0) + count >= self.limits.prune_slack
+            ]
+            for stream_id in due:
+                self._prune(stream_id)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        # Only committed state reaches the caches.
+        self._ids.update(new_ids)
+        for stream_id, count in counts.items():
+            self._unpruned[stream_id] = self._unpruned.get(stream_id, 0) + count
+        for stream_id in due:
+            self._unpruned[stream_id] = 0
+
+    def load_recent(self, stream: StreamId, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The newest `n` readings of `stream` as (ts, values) float64 arrays, oldest first."""
+        stream_id = self._ids.get(stream)
+        if stream_id is None or n <= 0:
+            return np.empty(0), np.empty(0)
+        rows = self._db.execute(
+            "SELECT ts, value FROM readings WHERE stream_id = ? ORDER BY ts DESC LIMIT ?",
+            (stream_id, n),
+        ).fetchall()
+        table = np.array(rows, dtype=np.float64).reshape(-1, 2)[::-1]
+        return table[:, 0].copy(), table[:, 1].copy()
+
+    def restore_all(self, n: int) -> Iterator[tuple[StreamId, np.ndarray, np.ndarray]]:
+        """Every stream with its newest `n` readings, one stream at a time to bound memory."""
+        for stream in list(self._ids):
+            ts, values = self.load_recent(stream, n)
+            if len(ts):
+                yield stream, ts, values
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ReadingStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _insert_stream(self, stream: StreamId) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO streams (device, sensor) VALUES (?, ?)", (stream.device, stream.sensor)
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _prune(self, stream_id: int) -> None:
+        """Delete all but the newest `retention_points` readings of one stream."""
+        cutoff = self._db.execute(
+            "SELECT ts FROM readings WHERE stream_id = ? ORDER BY ts DESC LIMIT 1 OFFSET ?",
+            (stream_id, self.limits.retention_points - 1),
+        ).fetchone()
+        if cutoff is not None:
+            self._db.execute(
+                "DELETE FROM readings WHERE stream_id = ? AND ts < ?", (stream_id, cutoff[0])
+            )

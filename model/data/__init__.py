@@ -1,0 +1,59 @@
+"""Pretraining data: synthetic generator families, gap simulation, and the real-series corpus.
+
+No torch: the generators and gap simulation need numpy alone, the corpus loader adds pandas.
+"""
+
+from model.data.corpus import (
+    HELD_OUT_SOURCES,
+    LONG_HORIZON_SOURCES,
+    PRETRAIN_SOURCES,
+    SENSOR_BENCHMARK_SOURCES,
+    CorpusError,
+    HeldOutSourceError,
+    Series,
+    default_data_root,
+    load_corpus,
+    load_pretraining_corpus,
+    load_series_file,
+)
+from model.data.gaps import drop_readings, irregular_sample
+from model.data.kernel_synth import Kernel, draw_kernel, kernel_synth, sample_gp
+from model.data.mixture import GENERATORS, SeriesGenerator, SyntheticMixture
+from model.data.sensor import SensorSpec, draw_sensor_spec, render_sensor, sensor_like
+from model.data.trend_seasonal import (
+    TrendSeasonalSpec,
+    draw_trend_seasonal_spec,
+    render_trend_seasonal,
+    trend_seasonal,
+)
+
+__all__ = [
+    "GENERATORS",
+    "HELD_OUT_SOURCES",
+    "LONG_HORIZON_SOURCES",
+    "PRETRAIN_SOURCES",
+    "SENSOR_BENCHMARK_SOURCES",
+    "CorpusError",
+    "HeldOutSourceError",
+    "Kernel",
+    "SensorSpec",
+    "Series",
+    "SeriesGenerator",
+    "SyntheticMixture",
+    "TrendSeasonalSpec",
+    "default_data_root",
+    "draw_kernel",
+    "draw_sensor_spec",
+    "draw_trend_seasonal_spec",
+    "drop_readings",
+    "irregular_sample",
+    "kernel_synth",
+    "load_corpus",
+    "load_pretraining_corpus",
+    "load_series_file",
+    "render_sensor",
+    "render_trend_seasonal",
+    "sample_gp",
+    "sensor_like",
+    "trend_seasonal",
+]

@@ -1,0 +1,93 @@
+"""A weighted mixture of the synthetic generator families, in raw units and with gaps.
+
+Each sample picks a family by weight, standardises its output, then applies a random scale and
+offset spanning the units real sensors report in (0.01 .. 1e5, offsets up to a few hundred
+scales, e.g. 1013 hPa +- 5 or 21.5 degC +- 2): the model z-scores internally and must be
+indifferent to raw units. Some samples lose readings (NaN) the way real streams do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from model.data._validation import require_fraction
+from model.data.gaps import drop_readings
+from model.data.kernel_synth import kernel_synth
+from model.data.sensor import sensor_like
+from model.data.trend_seasonal import trend_seasonal
+
+SeriesGenerator = Callable[[np.random.Generator, int], np.ndarray]
+
+GENERATORS: Mapping[str, SeriesGenerator] = {
+    "kernel_synth": kernel_synth,
+    "trend_seasonal": trend_seasonal,
+    "sensor": sensor_like,
+}
+DEFAULT_WEIGHTS: Mapping[str, float] = {"kernel_synth": 0.4, "trend_seasonal": 0.3, "sensor": 0.3}
+
+LOG10_SCALE_RANGE = (-2.0, 5.0)
+LOG10_OFFSET_RATIO_MAX = 2.5  # |offset| up to ~300 scales
+MAX_DROP_RATE = 0.3
+MAX_GAP_RATE = 0.01
+MAX_GAP_SHARE = 0.1  # longest gap as a share of the series
+FLAT_SPREAD = 1e-6
+
+
+class SyntheticMixture:
+    """Draws series from the generator families in proportion to `weights`."""
+
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, *, gap_probability: float = 0.3
+    ) -> None:
+        weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        unknown = sorted(set(weights) - set(GENERATORS))
+        if unknown:
+            raise ValueError(f"unknown generator families {unknown}; known: {sorted(GENERATORS)}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+        require_fraction("gap_probability", gap_probability, upper_inclusive=True)
+        self.families: tuple[str, ...] = tuple(weights)
+        total = sum(weights.values())
+        self.probabilities = np.array([weights[f] / total for f in self.families])
+        self.gap_probability = gap_probability
+
+    def sample_with_family(self, rng: np.random.Generator, length: int) -> tuple[str, np.ndarray]:
+        """(family name, float32 series of `length` points in raw units, NaN = missing)."""
+        family = self.families[rng.choice(len(self.families), p=self.probabilities)]
+        values = _to_raw_units(rng, _standardise(GENERATORS[family](rng, length)))
+        if rng.random() < self.gap_probability:
+            values = _with_gaps(rng, values)
+        return family, values
+
+    def sample(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        return self.sample_with_family(rng, length)[1]
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    mean, std = values.mean(), values.std()
+    # Generators work at unit scale, so a spread this small is float32 rounding of a constant
+    # series (e.g. a constant kernel); dividing by it would blow rounding up into noise.
+    if std <= FLAT_SPREAD * max(1.0, abs(mean)):
+        return np.zeros_like(values)
+    return (values - mean) / std
+
+
+def _to_raw_units(rng: np.random.Generator, standard: np.ndarray) -> np.ndarray:
+    scale = 10 ** rng.uniform(*LOG10_SCALE_RANGE)
+    offset = scale * rng.uniform(-1.0, 1.0) * 10 ** rng.uniform(0.0, LOG10_OFFSET_RATIO_MAX)
+    return (standard * scale + offset).astype(np.float32)
+
+
+def _with_gaps(rng: np.random.Generator, values: np.ndarray) -> np.ndarray:
+    gapped = drop_readings(
+        values,
+        rng,
+        drop_rate=rng.uniform(0.0, MAX_DROP_RATE),
+        gap_rate=rng.uniform(0.0, MAX_GAP_RATE),
+        max_gap=int(rng.integers(1, int(values.size * MAX_GAP_SHARE) + 2)),
+    )
+    # A series with nothing observed teaches nothing (and has no scale to normalise by).
+    return values if np.isnan(gapped).all() else gapped

@@ -1,0 +1,86 @@
+"""Training windows: `[batch, context + horizon]` crops of synthetic and real series.
+
+Every window is damaged the way sensor histories are: readings dropped at random, contiguous
+gaps, and sometimes a short history (the start of the context is NaN, as when an agent has only
+just started). The forecast part keeps only the data's own NaN, which the loss skips.
+Batches are a pure function of (seed, step), so a resumed run sees the data it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.data.corpus import Series
+from model.data.gaps import drop_readings
+from model.data.mixture import SyntheticMixture
+
+MIN_OBSERVED = 8  # context points a window needs to be worth learning from
+
+
+class WindowSampler:
+    def __init__(
+        self,
+        context_length: int,
+        horizon: int,
+        real: Sequence[Series] = (),
+        synthetic: SyntheticMixture | None = None,
+        real_weight: float = 0.3,
+        seed: int = 0,
+        damage_probability: float = 0.5,
+        short_history_probability: float = 0.1,
+    ) -> None:
+        if synthetic is None and not real:
+            raise ValueError("a WindowSampler needs synthetic data, real series, or both")
+        self.context_length, self.horizon = context_length, horizon
+        self.length = context_length + horizon
+        # Real series shorter than one window cannot be cropped; they are left out.
+        self.real = [s.values for s in real if s.values.size >= self.length]
+        self.synthetic = synthetic
+        self.real_weight = (
+            real_weight if self.real and synthetic is not None else float(bool(self.real))
+        )
+        self.seed = seed
+        self.damage_probability = damage_probability
+        self.short_history_probability = short_history_probability
+        # Longer real series are drawn more often, in proportion to how many windows they hold.
+        sizes = np.array([v.size - self.length + 1 for v in self.real], dtype=np.float64)
+        self.real_p = sizes / sizes.sum() if self.real else None
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        out = np.empty((batch_size, self.length), dtype=np.float32)
+        for i in range(batch_size):
+            out[i] = self._window(rng)
+        return out
+
+    def _window(self, rng: np.random.Generator) -> np.ndarray:
+        while True:
+            window = self._draw(rng)
+            context = window[: self.context_length]
+            if rng.random() < self.damage_probability:
+                context[:] = self._damage(rng, context)
+            if rng.random() < self.short_history_probability:
+                keep = int(rng.integers(MIN_OBSERVED, self.context_length))
+                context[: self.context_length - keep] = np.nan
+            future = window[self.context_length :]
+            if np.isfinite(context).sum() >= MIN_OBSERVED and np.isfinite(future).any():
+                return window
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.real and rng.random() < self.real_weight:
+            values = self.real[rng.choice(len(self.real), p=self.real_p)]
+            start = int(rng.integers(0, values.size - self.length + 1))
+            return values[start : start + self.length].astype(np.float32, copy=True)
+        return self.synthetic.sample(rng, self.length).astype(np.float32, copy=True)
+
+    def _damage(self, rng: np.random.Generator, context: np.ndarray) -> np.ndarray:
+        damaged = drop_readings(
+            context,
+            rng,
+            drop_rate=rng.uniform(0.0, 0.3),
+            gap_rate=rng.uniform(0.0, 0.02),
+            max_gap=int(rng.integers(1, self.context_length // 4)),
+        )
+        return context if np.isfinite(damaged).sum() < MIN_OBSERVED else damaged

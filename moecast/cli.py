@@ -29,6 +29,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("forecast", "forecast a column of a CSV file with a checkpoint", "model.cli_forecast"),
+    Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
 )
 
 

@@ -1,0 +1,234 @@
+"""Pretraining (`moecast train`): AdamW, warmup + cosine, clipping, resumable checkpoints.
+
+    moecast train --preset edge --steps 20000 --run runs/edge --export model/weights/edge
+
+A run directory holds `last/` (weights, config and optimiser state, written atomically every
+`--checkpoint-every` steps), `log.jsonl` (one line per logged step) and nothing else; running
+the same command again resumes from `last/`. Under `torchrun` each rank draws its own batches
+and DDP averages the gradients; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import PRESETS, preset
+from model.data.corpus import default_data_root, load_pretraining_corpus
+from model.data.mixture import SyntheticMixture
+from model.data.windows import WindowSampler
+from model.loss import sequence_loss
+from model.network import MoecastModel
+
+TRAINER_STATE = "trainer.pt"
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "edge"
+    steps: int = 20_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 500
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    real_weight: float = 0.3  # share of windows cut from the real pretraining corpus
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 250
+    run: Path = Path("runs/edge")
+    export: Path | None = None
+    data_root: Path | None = None  # default: ../shared/data (or $MOECAST_DATA)
+    patch_len: int | None = None  # override the preset's patch length
+    stop_at: int | None = None  # pause here (checkpointed); rerun to continue the same schedule
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Norm gains and biases are not decayed: shrinking them only fights the normalisation.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _write_state(run: Path, model: MoecastModel, opt, step: int, cfg: TrainConfig) -> None:
+    """Replace `run/last` atomically: a kill at any moment leaves a loadable checkpoint."""
+    staging = run / "next"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(model, staging, metadata={"step": step, "train": _jsonable(cfg)})
+    torch.save({"step": step, "optimizer": opt.state_dict()}, staging / TRAINER_STATE)
+    last, previous = run / "last", run / "previous"
+    if last.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        last.rename(previous)
+    staging.rename(last)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _resume_point(run: Path) -> Path | None:
+    for name in ("last", "previous"):  # "previous" only survives a kill mid-swap
+        if (run / name / TRAINER_STATE).is_file():
+            return run / name
+    return None
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+
+
+def build_sampler(cfg: TrainConfig, context_length: int, horizon: int, rank: int) -> WindowSampler:
+    real = load_pretraining_corpus(cfg.data_root or default_data_root()) if cfg.real_weight else []
+    return WindowSampler(
+        context_length,
+        horizon,
+        real=real,
+        synthetic=SyntheticMixture(),
+        real_weight=cfg.real_weight,
+        seed=cfg.seed * 1000 + rank,
+    )
+
+
+def train(cfg: TrainConfig) -> Path:
+    rank, world = _distributed()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    overrides = {"patch_len": cfg.patch_len} if cfg.patch_len else {}
+    model = MoecastModel(preset(cfg.preset, **overrides)).to(device)
+    opt = make_optimizer(model, cfg)
+
+    start = 0
+    resume = _resume_point(cfg.run)
+    if resume is not None:
+        model.load_state_dict(load_checkpoint(resume, device=device).state_dict())
+        state = torch.load(resume / TRAINER_STATE, map_location=device, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
+
+    config = model.config
+    sampler = build_sampler(cfg, config.context_length, config.max_horizon, rank)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    cfg.run.mkdir(parents=True, exist_ok=True)
+    log = (cfg.run / "log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0, desc=f"train {cfg.preset}")
+    points = cfg.batch_size * config.context_length * world
+    tick = time.perf_counter()
+    model.train()
+    end = min(cfg.steps, cfg.stop_at or cfg.steps)
+    for step in range(start, end):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        window = torch.from_numpy(sampler.batch(step, cfg.batch_size)).to(device)
+        with autocast:
+            parts = sequence_loss(model if ddp is None else ddp, window)
+        opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        bar.update(1)
+
+        done = step + 1
+        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            record = {
+                "step": done,
+                "loss": parts.total.item(),
+                "quantile_loss": parts.quantile.item(),
+                "balance_loss": parts.balance.item(),
+                "grad_norm": grad_norm.item(),
+                "lr": opt.param_groups[0]["lr"],
+                "points_per_s": points * cfg.log_every / elapsed,
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(
+                loss=f"{record['quantile_loss']:.4f}", pts_s=f"{record['points_per_s']:,.0f}"
+            )
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end):
+            _write_state(cfg.run, model, opt, done, cfg)
+    bar.close()
+
+    if rank == 0 and cfg.export is not None and end == cfg.steps:
+        final = load_checkpoint(cfg.run / "last")
+        save_checkpoint(final, cfg.export, metadata={"steps": cfg.steps, "train": _jsonable(cfg)})
+    if dist.is_initialized():
+        dist.barrier()
+    return cfg.run / "last"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--real-weight", type=float, default=defaults.real_weight)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--patch-len", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=defaults.log_every)
+    parser.add_argument("--stop-at", type=int, help="pause at this step; rerun to continue")
+    parser.add_argument("--run", type=Path, default=defaults.run, help="run directory (resumes)")
+    parser.add_argument("--export", type=Path, help="copy the final weights here")
+    parser.add_argument("--data-root", type=Path, help="default: ../shared/data or $MOECAST_DATA")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        real_weight=args.real_weight,
+        seed=args.seed,
+        patch_len=args.patch_len,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        stop_at=args.stop_at,
+        run=args.run,
+        export=args.export,
+        data_root=args.data_root,
+    )
+    last = train(cfg)
+    print(f"checkpoint: {last}" + (f"; exported to {cfg.export}" if cfg.export else ""))
+    return 0

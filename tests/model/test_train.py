@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.data.mixture import SyntheticMixture
+from model.data.windows import WindowSampler
+from model.train import TrainConfig, learning_rate, train
+
+
+def config(tmp_path, steps: int, **changes) -> TrainConfig:
+    base = dict(
+        preset="nano",
+        steps=steps,
+        batch_size=4,
+        warmup_steps=2,
+        real_weight=0.0,
+        log_every=2,
+        checkpoint_every=2,
+        run=tmp_path / "run",
+    )
+    return TrainConfig(**(base | changes))
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate(9, cfg) == pytest.approx(1e-3)
+    assert learning_rate(60, cfg) == pytest.approx(0.55e-3)
+    assert learning_rate(110, cfg) == pytest.approx(1e-4)
+
+
+def test_training_steps_change_the_weights_and_log(tmp_path):
+    torch.manual_seed(0)
+    cfg = config(tmp_path, steps=4)
+    last = train(cfg)
+    records = [json.loads(line) for line in (cfg.run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(np.isfinite(r["loss"]) and r["points_per_s"] > 0 for r in records)
+    assert json.loads((last / "config.json").read_text())["metadata"]["step"] == 4
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_ends(tmp_path):
+    straight = train(config(tmp_path / "a", steps=6))
+    train(config(tmp_path / "b", steps=6, stop_at=3))  # interrupted after step 3...
+    resumed = train(config(tmp_path / "b", steps=6))  # ...and run again
+    a, b = load_checkpoint(straight).state_dict(), load_checkpoint(resumed).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_export_writes_a_loadable_checkpoint(tmp_path):
+    train(config(tmp_path, steps=2, export=tmp_path / "weights"))
+    assert load_checkpoint(tmp_path / "weights").config.name == "nano"
+
+
+def test_windows_are_reproducible_and_damaged():
+    sampler = WindowSampler(128, 64, synthetic=SyntheticMixture(), seed=3)
+    a, b = sampler.batch(step=7, batch_size=64), sampler.batch(step=7, batch_size=64)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, sampler.batch(step=8, batch_size=64))
+    assert a.shape == (64, 192)
+    context_missing = np.isnan(a[:, :128]).mean()
+    assert 0.05 < context_missing < 0.5  # drops, gaps and short histories
+    assert (np.isfinite(a[:, :128]).sum(1) >= 8).all()
+    assert np.isfinite(a[:, 128:]).any(1).all()
+
+
+def test_windows_from_real_series_are_crops_of_them():
+    from model.data.corpus import Series
+
+    values = np.arange(1000, dtype=np.float32)
+    real = [Series(name="ramp", values=values, interval_s=60.0, source="test")]
+    sampler = WindowSampler(
+        64, 32, real=real, seed=0, damage_probability=0, short_history_probability=0
+    )
+    batch = sampler.batch(0, 16)
+    assert (np.diff(batch, axis=1) == 1).all()  # contiguous crops, undamaged
+
+
+def test_a_sampler_without_data_is_refused():
+    with pytest.raises(ValueError, match="needs synthetic data"):
+        WindowSampler(64, 32)

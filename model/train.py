@@ -120,7 +120,8 @@ def build_sampler(cfg: TrainConfig, context_length: int, horizon: int, rank: int
     )
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig) -> MoecastModel:
+    """Train (or resume) per `cfg`; the checkpoint is `cfg.run / 'last'`."""
     rank, world = _distributed()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig) -> Path:
         save_checkpoint(final, cfg.export, metadata={"steps": cfg.steps, "train": _jsonable(cfg)})
     if dist.is_initialized():
         dist.barrier()
-    return cfg.run / "last"
+    return model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +230,6 @@ def run(args: argparse.Namespace) -> int:
         export=args.export,
         data_root=args.data_root,
     )
-    last = train(cfg)
-    print(f"checkpoint: {last}" + (f"; exported to {cfg.export}" if cfg.export else ""))
+    train(cfg)
+    print(f"checkpoint: {cfg.run / 'last'}" + (f"; exported to {cfg.export}" if cfg.export else ""))
     return 0

@@ -254,6 +254,8 @@ class MoecastModel(nn.Module):
         statistics fixed, the network is strictly causal over patches).
         """
         cfg = self.config
+        if values.dim() != 2:
+            raise ValueError(f"values must be [batch, length], got shape {tuple(values.shape)}")
         b, length = values.shape
         if length == 0 or length % cfg.patch_len:
             raise ValueError(f"length {length} is not a positive multiple of {cfg.patch_len}")

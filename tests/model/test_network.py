@@ -183,6 +183,12 @@ def test_wrong_length_is_a_clear_error(nano):
         nano(torch.zeros(1, 10))
 
 
+@pytest.mark.parametrize("shape", [(64,), (2, 3, 64)])
+def test_wrong_rank_is_a_clear_error(nano, shape):
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        nano(torch.zeros(shape))
+
+
 def test_patch_len_one_is_pointwise(nano):
     model = MoecastModel(nano.config.replace(patch_len=1, context_length=32))
     out = model(series(2, 32))

@@ -18,15 +18,15 @@ $(VENV)/.installed-train: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-train
-	$(BIN)/pip install -q -e '.[train,export,dev]'
+	$(BIN)/pip install -q -e '.[train,export,bench,dev]'
 	touch $@
 
 install: $(VENV)/.installed-train
 install-dev: $(VENV)/.installed-dev
 
-## The main job: forecast a CSV column with the shipped model (prints the forecast).
+## The main job: forecast the last HORIZON points of a CSV column with the shipped model and score it.
 forecast: install
-	$(BIN)/moecast forecast --csv $(CSV) --column $(COLUMN) --horizon $(HORIZON)
+	$(BIN)/moecast forecast --csv $(CSV) --column $(COLUMN) --horizon $(HORIZON) --holdout $(HORIZON)
 
 ## The whole test suite.
 test: install-dev

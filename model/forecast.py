@@ -39,6 +39,10 @@ class Forecast:
     def median(self) -> np.ndarray:
         return self.quantile(0.5)
 
+    def head(self, steps: int) -> Forecast:
+        """The first `steps` steps of this forecast."""
+        return Forecast(self.quantiles[:, :steps], self.levels, self.steps)
+
     def quantile(self, level: float) -> np.ndarray:
         """One quantile level `[batch, horizon]`; it must be one of the model's levels."""
         matches = [i for i, q in enumerate(self.levels) if abs(q - level) < 1e-9]

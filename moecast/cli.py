@@ -30,6 +30,7 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("forecast", "forecast a column of a CSV file with a checkpoint", "model.cli_forecast"),
     Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
+    Command("finetune", "adapt a checkpoint to your own series", "model.finetune"),
 )
 
 

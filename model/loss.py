@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.network import MoecastModel
 
@@ -38,11 +38,11 @@ class LossParts:
     balance: Tensor
 
 
-def sequence_loss(model: MoecastModel, window: Tensor) -> LossParts:
+def sequence_loss(model: MoecastModel | nn.Module, window: Tensor) -> LossParts:
     """Loss of one batch of training windows `[batch, context_length + max_horizon]` (NaN =
     missing). The model reads the first `context_length` points; targets are normalised with
-    the context's own statistics, so the loss is scale free."""
-    cfg = model.config
+    the context's own statistics, so the loss is scale free. `model` may be a DDP wrapper."""
+    cfg = getattr(model, "module", model).config
     if window.shape[1] != cfg.context_length + cfg.max_horizon:
         raise ValueError(
             f"training windows must have {cfg.context_length + cfg.max_horizon} points "

@@ -31,6 +31,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("forecast", "forecast a column of a CSV file with a checkpoint", "model.cli_forecast"),
     Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
     Command("finetune", "adapt a checkpoint to your own series", "model.finetune"),
+    Command("export", "export a checkpoint as a signed edge bundle", "quantization.cli_export"),
 )
 
 

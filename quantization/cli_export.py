@@ -1,0 +1,83 @@
+"""`moecast export`: a checkpoint -> a signed edge bundle (model.onnx, manifest.json, .sig)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.bundle import BundleError, public_key_fingerprint
+from model.checkpoint import checkpoint_metadata, load_checkpoint
+from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
+
+UNSIGNED = (
+    "a bundle must be signed: pass --sign-key PRIVATE_KEY.pem (agents trust its public half), "
+    "or --dev-key to sign with the public development key (local testing only)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
+    parser.add_argument("--out", required=True, type=Path, help="bundle directory to create")
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="quantize the weights (default: keep fp32)"
+    )
+    parser.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    parser.add_argument(
+        "--dev-key",
+        action="store_true",
+        help="sign with the development key, whose private half is public: never for production",
+    )
+    parser.add_argument(
+        "--model-version",
+        type=int,
+        default=1,
+        help="version agents compare to refuse downgrades; increase it with every release",
+    )
+    parser.add_argument("--tar", action="store_true", help="also write OUT.tar")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sign_key and args.dev_key:
+        return _fail("pass either --sign-key or --dev-key, not both")
+    if not args.sign_key and not args.dev_key:
+        return _fail(UNSIGNED)
+    if args.model_version < 0:
+        return _fail("--model-version must be >= 0")
+    if not args.checkpoint.is_dir():
+        return _fail(f"no checkpoint at {args.checkpoint}")
+    try:
+        key = load_private_key(args.sign_key or DEV_PRIVATE_KEY)
+        model = load_checkpoint(args.checkpoint)
+    except (OSError, ValueError) as err:
+        return _fail(str(err))
+
+    training = {"checkpoint": checkpoint_metadata(args.checkpoint)}
+    try:
+        out = build_bundle(
+            model,
+            args.out,
+            key,
+            quantization=args.quantize or "fp32",
+            model_version=args.model_version,
+            training=training,
+            tar=args.tar,
+        )
+    except (FileExistsError, BundleError) as err:
+        return _fail(str(err))
+
+    size = (out / "model.onnx").stat().st_size
+    print(
+        f"wrote {out}: {model.config.name} v{args.model_version}, {args.quantize or 'fp32'}, "
+        f"model.onnx {size / 1e6:.2f} MB, signed by key {public_key_fingerprint(key.public_key())}"
+    )
+    if args.tar:
+        print(f"wrote {out.with_name(out.name + '.tar')}")
+    if args.dev_key:
+        print("warning: signed with the development key; production agents must not trust it")
+    return 0

@@ -1,0 +1,32 @@
+"""Inputs and an ONNX runner shared by the quantization tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def holed_series(batch: int, length: int, seed: int = 0) -> np.ndarray:
+    """Float32 series on different scales: scattered holes in every third row, a short history
+    left-padded with NaN in the next; the first row has no gap."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    rows = []
+    for i in range(batch):
+        level, spread = rng.uniform(-50, 50), 10 ** rng.uniform(-1, 1.5)
+        row = level + spread * (np.sin(t / rng.uniform(3, 20) + rng.uniform(0, 6)))
+        row += 0.2 * spread * rng.normal(size=length)
+        if i % 3 == 1:
+            row[rng.random(length) < 0.25] = np.nan
+        elif i % 3 == 2:
+            row[: rng.integers(length // 2, length - 1)] = np.nan
+        rows.append(row)
+    return np.stack(rows).astype(np.float32)
+
+
+def run_onnx(path: Path, values: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"values": values}), strict=True))

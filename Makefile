@@ -18,7 +18,7 @@ $(VENV)/.installed-train: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-train
-	$(BIN)/pip install -q -e '.[train,export,bench,dev]'
+	$(BIN)/pip install -q -e '.[train,export,bench,metrics,dev]'
 	touch $@
 
 install: $(VENV)/.installed-train

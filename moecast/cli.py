@@ -31,7 +31,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("forecast", "forecast a column of a CSV file with a checkpoint", "model.cli_forecast"),
     Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
     Command("finetune", "adapt a checkpoint to your own series", "model.finetune"),
+    Command("agent", "run the edge agent on MQTT sensor streams", "agent.cli"),
     Command("export", "export a checkpoint as a signed edge bundle", "quantization.cli_export"),
+    Command("experts", "which experts fire for which kinds of series", "quantization.cli_experts"),
 )
 
 

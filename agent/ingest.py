@@ -1,0 +1,225 @@
+"""The single writer: MQTT messages -> readings -> stream buffers and SQLite -> acknowledgements.
+
+One thread owns the `ReadingStore` (its threading contract). It takes messages off the queue in
+batches, bounded by a message count and a time window, and for each batch:
+
+1. parses topics and payloads, counting every rejection by reason;
+2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
+   limits, and collects exactly what it kept;
+3. writes that to SQLite in one transaction;
+4. only then acknowledges the batch's QoS 1 messages, including rejected ones, which would fail
+   the same way on every redelivery.
+
+A batch is not padded by waiting: it holds what queued up while the previous one was written,
+so one reading at a time is acknowledged as fast as it arrives and a burst shares a commit.
+
+Bad input is never fatal; it is counted, and logged at most once per reason per interval. A
+failing SQLite write is retried with backoff, holding the batch's acknowledgements: nothing is
+acknowledged that is not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Protocol
+
+from agent.inbox import Flush, InboundMessage, Inbox
+from agent.metrics import AgentMetrics
+from agent.payloads import PayloadLimits, parse_payload
+from agent.readings import InvalidStream, Reading, StreamId, parse_topic
+from agent.settings import IngestSettings
+from agent.store import ReadingStore
+from agent.streams import StreamRegistry
+
+log = logging.getLogger(__name__)
+
+_RETRY_MAX_S = 5.0
+
+
+class Acknowledger(Protocol):
+    def ack(self, messages: Iterable[InboundMessage]) -> int: ...
+
+
+class RateLimitedLog:
+    """At most one log line per reason per `interval_s`; the next one says how many were
+    suppressed, so a flood of bad input costs a line a minute, not a full disk."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, reason: str, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval_s:
+            self._suppressed[reason] += 1
+            return
+        self._last[reason] = now
+        suppressed = self._suppressed.pop(reason, 0)
+        if suppressed:
+            message += f" ({suppressed} more '{reason}' since the last report)"
+        self._logger.warning(message, *args, exc_info=exc_info)
+
+
+class IngestWorker:
+    """The writer thread; see the module docstring."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        store: ReadingStore,
+        registry: StreamRegistry,
+        acknowledger: Acknowledger,
+        metrics: AgentMetrics,
+        settings: IngestSettings,
+        sensors_prefix: str,
+        payload_limits: PayloadLimits,
+    ) -> None:
+        self._inbox = inbox
+        self._store = store
+        self._registry = registry
+        self._acknowledger = acknowledger
+        self._metrics = metrics
+        self._settings = settings
+        self._prefix = sensors_prefix
+        self._limits = payload_limits
+        self._bad_input = RateLimitedLog(log, settings.log_interval_s)
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="moecast-ingest", daemon=True)
+
+    def start(self) -> None:
+        """Restore the buffers from SQLite, then start taking messages."""
+        restored = self._registry.restore(self._store.restore_all(self._registry.limits.max_points))
+        log.info("restored the recent history of %d streams from SQLite", restored)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far is stored and acknowledged."""
+        marker = Flush()
+        try:
+            self._inbox.put(marker, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout_s)
+
+    def stop(self, timeout_s: float) -> bool:
+        """Store what is queued, then end the thread. Stop the network first, so that nothing
+        is queued behind the marker. Returns False if the writer had to give up (a store
+        that keeps failing): what it held stays unacknowledged and the broker redelivers it."""
+        marker = Flush(then_stop=True)
+        try:
+            self._inbox.put(marker, timeout=timeout_s)
+        except queue.Full:
+            self._abandon.set()
+        if not marker.done.wait(timeout_s):
+            self._abandon.set()
+        self._thread.join(timeout_s)
+        return marker.done.is_set()
+
+    def _run(self) -> None:
+        while not self._abandon.is_set():
+            batch, marker = self._next_batch()
+            if batch and not self._ingest(batch):
+                return  # abandoned by `stop`: the batch stays unacknowledged
+            if marker is not None:
+                marker.done.set()
+                if marker.then_stop:
+                    return
+
+    def _next_batch(self) -> tuple[list[InboundMessage], Flush | None]:
+        first = self._inbox.get()
+        if isinstance(first, Flush):
+            return [], first
+        batch = [first]
+        deadline = time.monotonic() + self._settings.batch_window_s
+        while len(batch) < self._settings.batch_max_messages and time.monotonic() < deadline:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Flush):
+                return batch, item
+            batch.append(item)
+        return batch, None
+
+    def _ingest(self, batch: list[InboundMessage]) -> bool:
+        """Store and acknowledge one batch; False if `stop` abandoned it unstored."""
+        kept: dict[StreamId, list[Reading]] = {}
+        rejected: Counter[str] = Counter()
+        for message in batch:
+            try:
+                self._parse(message, kept, rejected)
+            except Exception:
+                # Should not happen: the parsers never raise on input. But one message that
+                # crashed the writer would be redelivered at every restart, forever; count it,
+                # log it and acknowledge it instead.
+                rejected["internal_error"] += 1
+                self._bad_input.warning(
+                    "internal_error",
+                    "failed to ingest a message on %r",
+                    message.topic and message.topic[:200],
+                    exc_info=True,
+                )
+        accepted = sum(len(readings) for readings in kept.values())
+        if kept and not self._write(kept):
+            return False
+        self._metrics.count_batch(len(batch), accepted, rejected, self._registry.dropped)
+        self._metrics.count_acked(self._acknowledger.ack(batch))
+        return True
+
+    def _parse(
+        self,
+        message: InboundMessage,
+        kept: dict[StreamId, list[Reading]],
+        rejected: Counter[str],
+    ) -> None:
+        if message.topic is None:
+            rejected["bad_topic"] += 1
+            self._bad_input.warning("bad_topic", "rejected a message whose topic is not UTF-8")
+            return
+        try:
+            stream = parse_topic(message.topic, self._prefix)
+        except InvalidStream as err:
+            rejected[err.reason] += 1
+            self._bad_input.warning(err.reason, "rejected topic: %s", err.detail)
+            return
+        result = parse_payload(message.payload, message.arrival_ts, self._limits)
+        for reason, count in result.rejected.items():
+            rejected[reason] += count
+            self._bad_input.warning(
+                reason, "rejected %d reading(s) on %s: %s", count, stream, reason
+            )
+        for target, readings in result.by_stream(stream).items():
+            taken = self._registry.insert(target, readings)
+            if taken:
+                kept.setdefault(target, []).extend(taken)
+
+    def _write(self, kept: dict[StreamId, list[Reading]]) -> bool:
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                self._store.write(kept)
+            except sqlite3.Error as err:
+                self._metrics.count_store_error()
+                log.error(
+                    "storing %d streams failed (%s); retrying in %.2f s", len(kept), err, delay
+                )
+                if self._abandon.wait(delay):
+                    return False
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            self._metrics.observe_store_write(time.perf_counter() - started)
+            return True

@@ -1,0 +1,209 @@
+"""The agent's counters: a JSON snapshot for the metrics topic, and an optional Prometheus
+endpoint (prometheus-client is imported only when one is configured).
+
+Counters are updated from the writer and network threads and read from the publishing one, so
+one lock guards them; updates are per batch or per rare event, never per reading.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+# Upper bounds (seconds) of the store-write latency buckets: a commit without fsync takes well
+# under a millisecond, one with fsync on an SD card tens of milliseconds.
+STORE_WRITE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    """Counts of observations per bucket, plus their sum; not thread-safe on its own."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it) per bucket, +Inf last."""
+        total = 0
+        rows = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            rows.append((bound, total))
+        return rows
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class AgentMetrics:
+    """What the agent has received, stored, rejected and acknowledged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self.messages = 0
+        self.readings_accepted = 0
+        self.acked = 0
+        self.batches = 0
+        self.store_errors = 0
+        self.connects = 0
+        self.rejected: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._registry_dropped: dict[str, int] = {}
+        self.store_write = Histogram(STORE_WRITE_BUCKETS_S)
+        self._gauges: dict[str, Callable[[], float]] = {}
+
+    def add_gauge(self, name: str, read: Callable[[], float]) -> None:
+        """A value read when a snapshot is taken, e.g. the ingest queue depth."""
+        self._gauges[name] = read
+
+    @property
+    def gauge_names(self) -> list[str]:
+        return list(self._gauges)
+
+    def count_batch(
+        self,
+        messages: int,
+        readings_accepted: int,
+        rejected: Mapping[str, int],
+        registry_dropped: Mapping[str, int],
+    ) -> None:
+        """One ingested batch; `registry_dropped` is the stream registry's running total."""
+        with self._lock:
+            self.batches += 1
+            self.messages += messages
+            self.readings_accepted += readings_accepted
+            self.rejected.update(rejected)
+            self._registry_dropped = dict(registry_dropped)
+
+    def count_acked(self, n: int) -> None:
+        with self._lock:
+            self.acked += n
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.dropped[reason] += n
+
+    def count_store_error(self) -> None:
+        with self._lock:
+            self.store_errors += 1
+
+    def count_connect(self) -> None:
+        with self._lock:
+            self.connects += 1
+
+    def observe_store_write(self, seconds: float) -> None:
+        with self._lock:
+            self.store_write.observe(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy of every counter and gauge."""
+        gauges = {name: read() for name, read in self._gauges.items()}
+        with self._lock:
+            dropped = Counter(self.dropped)
+            dropped.update(self._registry_dropped)
+            return {
+                "uptime_s": round(time.monotonic() - self._started, 3),
+                "messages": self.messages,
+                "readings_accepted": self.readings_accepted,
+                "acked": self.acked,
+                "batches": self.batches,
+                "rejected": dict(sorted(self.rejected.items())),
+                "dropped": dict(sorted(dropped.items())),
+                "store_errors": self.store_errors,
+                "connects": self.connects,
+                "store_write_s": {
+                    "count": self.store_write.count,
+                    "sum": round(self.store_write.sum, 6),
+                    "buckets": [
+                        ["+Inf" if bound == float("inf") else bound, count]
+                        for bound, count in self.store_write.cumulative()
+                    ],
+                },
+                **gauges,
+            }
+
+
+class PrometheusError(RuntimeError):
+    """The configured Prometheus endpoint cannot be served (package missing, port taken)."""
+
+
+class PrometheusEndpoint:
+    """Serves `metrics` at http://host:port/metrics until `close`."""
+
+    def __init__(self, metrics: AgentMetrics, port: int, host: str) -> None:
+        try:
+            from prometheus_client import start_http_server
+            from prometheus_client.registry import CollectorRegistry
+        except ImportError:
+            raise PrometheusError(
+                "metrics.prometheus_port is set but prometheus-client is not installed: "
+                "pip install prometheus-client (or leave the port unset)"
+            ) from None
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(metrics))  # type: ignore[arg-type]
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as err:
+            message = f"cannot serve Prometheus metrics on {host}:{port}: {err}"
+            raise PrometheusError(message) from None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class _Collector:
+    """Reads a fresh snapshot at every scrape, so nothing is counted twice."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        snap = self._metrics.snapshot()
+        for name, doc in (
+            ("messages", "MQTT messages taken from the ingest queue"),
+            ("readings_accepted", "readings stored"),
+            ("acked", "QoS 1 messages acknowledged after their readings were stored"),
+            ("store_errors", "failed SQLite writes (retried)"),
+            ("connects", "successful connections to the broker"),
+        ):
+            yield CounterMetricFamily(f"moecast_agent_{name}", doc, value=snap[name])
+        for name, doc in (
+            ("rejected", "input rejected, by reason"),
+            ("dropped", "readings or messages dropped, by reason"),
+        ):
+            family = CounterMetricFamily(f"moecast_agent_{name}", doc, labels=["reason"])
+            for reason, count in snap[name].items():
+                family.add_metric([reason], count)
+            yield family
+        for name in self._metrics.gauge_names:
+            yield GaugeMetricFamily(f"moecast_agent_{name}", name, value=snap[name])
+        latency = snap["store_write_s"]
+        yield HistogramMetricFamily(
+            "moecast_agent_store_write_seconds",
+            "time to write and commit one batch",
+            buckets=[(str(bound), count) for bound, count in latency["buckets"]],
+            sum_value=latency["sum"],
+        )

@@ -1,0 +1,387 @@
+"""The agent's settings: defaults, a YAML file, `MOECAST_*` environment variables, keyword args.
+
+Precedence, highest first: keyword arguments > environment > YAML file > defaults. Environment
+variables are `MOECAST_` plus the field path joined by `__`, e.g. `MOECAST_BROKER__URL`,
+`MOECAST_LIMITS__STREAMS__MAX_STREAMS`; lists and mappings are given as JSON.
+
+Every model forbids unknown keys, so a misspelt key in the YAML file is an error that names
+it rather than a setting silently left at its default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from agent.alerts import AlertRule
+from agent.payloads import PayloadLimits
+from agent.readings import StreamId, name_problem
+from agent.store import StoreLimits
+from agent.streams import StreamLimits
+
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _protocol_text(raw: object) -> object:
+    # YAML reads `protocol: 5` as a number (and 5 == 5.0).
+    return "5" if raw in (5, "5.0") else raw
+
+
+class TlsSettings(_Section):
+    """TLS for an mqtts:// broker; without `ca_file` the system's trusted CAs apply."""
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None  # client certificate, for brokers that require one
+    key_file: FilePath | None = None
+    # Skips certificate and host name verification: for test brokers only.
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerSettings(_Section):
+    url: str = "mqtt://localhost:1883"
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_text)] = "5"
+    client_id: str | None = None  # default: "moecast-<agent_id>", stable across restarts
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings = TlsSettings()
+    keepalive_s: int = Field(default=30, ge=5, le=65_535)
+    # How long the broker keeps the session (subscriptions, queued QoS 1 readings) while the
+    # agent is away; MQTT 5 only, a 3.1.1 session lasts until the broker expires it.
+    session_expiry_s: int = Field(default=7 * 86_400, gt=0, lt=2**32 - 1)
+    # MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to
+    # the agent. Bounds what sits in the ingest queue, and caps QoS 1 throughput.
+    receive_maximum: int = Field(default=1_000, gt=0, le=65_535)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"must start with mqtt:// or mqtts:// (got {url!r})")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("put credentials in broker.username and broker.password")
+        if not parts.hostname:
+            raise ValueError(f"has no host (got {url!r})")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"must be scheme://host[:port] only (got {url!r})")
+        try:
+            parts.port  # noqa: B018  # raises on a port that is not a number or out of range
+        except ValueError as err:
+            raise ValueError(f"has a bad port: {err}") from None
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BrokerSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if not self.uses_tls and self.tls != TlsSettings():
+            raise ValueError("tls settings need an mqtts:// url")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.url).hostname
+        assert host is not None  # the validator guarantees it
+        return host
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or _DEFAULT_PORTS[parts.scheme]
+
+
+class TopicSettings(_Section):
+    """Topic prefixes (DESIGN 5): readings arrive on `<sensors>/<device>/<sensor>`."""
+
+    sensors: str = "sensors"
+    forecasts: str = "forecasts"
+    alerts: str = "alerts"
+    agents: str = "moecast/agents"  # status and metrics: <agents>/<agent_id>/...
+    # At most 1: paho keeps a QoS 2 handshake's state in memory only, so a restarted agent
+    # would complete (and lose) a message it had not stored; QoS 1 redelivers it instead.
+    subscribe_qos: int = Field(default=1, ge=0, le=1)
+
+    @field_validator("sensors", "forecasts", "alerts", "agents")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        levels = prefix.split("/")
+        if any(not level or "+" in level or "#" in level or "\0" in level for level in levels):
+            raise ValueError(
+                f"{prefix!r} must be non-empty topic levels joined by '/', without wildcards"
+            )
+        return prefix
+
+
+class StreamRule(_Section):
+    """Settings for the streams whose `device/sensor` matches `pattern`.
+
+    `pattern` is a shell glob over "device/sensor" (`*` also matches across '/'), e.g.
+    "site1/temp*" or "*/humidity". The first matching rule in the list applies.
+    """
+
+    pattern: str = Field(min_length=1)
+    interval_s: float | Literal["auto"] = "auto"  # the grid step; "auto": detected
+    context_points: int | None = Field(default=None, gt=0)  # None: the bundle's context length
+    alerts: list[AlertRule] = []
+
+    @field_validator("interval_s", mode="before")
+    @classmethod
+    def _interval(cls, interval: object) -> object:
+        # One clear message instead of one per member of the union.
+        if interval == "auto":
+            return interval
+        problem = ValueError("must be a positive number of seconds or 'auto'")
+        if isinstance(interval, bool) or not isinstance(interval, int | float | str):
+            raise problem
+        try:
+            seconds = float(interval)
+        except ValueError:
+            raise problem from None
+        if not 0 < seconds < float("inf"):
+            raise problem
+        return seconds
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_names(cls, alerts: list[AlertRule]) -> list[AlertRule]:
+        names = [rule.name for rule in alerts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alert rule names must be unique within a pattern: {names}")
+        return alerts
+
+    def matches(self, stream: StreamId) -> bool:
+        return fnmatchcase(str(stream), self.pattern)
+
+
+class ForecastSettings(_Section):
+    cadence_s: float = Field(default=60.0, gt=0)  # seconds between forecasting ticks
+    # MQTT 5 message expiry of published forecasts: a stale forecast is not delivered late.
+    expiry_s: int = Field(default=900, gt=0)
+
+
+class IngestSettings(_Section):
+    queue_size: int = Field(default=10_000, gt=0)  # messages between the network and the writer
+    batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
+    batch_window_s: float = Field(default=0.05, gt=0)  # longest time spent filling one batch
+    log_interval_s: float = Field(default=60.0, gt=0)  # at most one log line per reason per this
+
+
+class Limits(_Section):
+    payload: PayloadLimits = PayloadLimits()
+    streams: StreamLimits = StreamLimits()
+    store: StoreLimits = StoreLimits()
+
+
+class MetricsSettings(_Section):
+    interval_s: float = Field(default=60.0, gt=0)  # publishing period on the metrics topic
+    prometheus_port: int | None = Field(default=None, ge=1, le=65_535)  # None: no endpoint
+    prometheus_host: str = "127.0.0.1"
+
+
+def _default_agent_id() -> str:
+    """The host name made safe as a topic level: stable on a device across restarts."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", socket.gethostname()).strip("-.")[:64]
+    return safe or "agent"
+
+
+# The YAML file of the settings being loaded: settings_customise_sources is a classmethod
+# without per-call arguments, and a context variable keeps concurrent loads apart.
+_yaml_file: ContextVar[Path | None] = ContextVar("moecast_agent_yaml_file", default=None)
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOECAST_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    agent_id: str = Field(default_factory=_default_agent_id)
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    streams: list[StreamRule] = []
+    forecast: ForecastSettings = ForecastSettings()
+    ingest: IngestSettings = IngestSettings()
+    limits: Limits = Limits()
+    metrics: MetricsSettings = MetricsSettings()
+    storage_dir: Path = Path("moecast-data")  # readings.db lives here
+    threads: int = Field(default=1, gt=0)  # inference threads
+    bundle_path: Path | None = None  # the model bundle to load at start
+    trusted_keys: list[FilePath] = []  # Ed25519 public keys that may sign bundles
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _yaml_file.get()
+        if yaml_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file)
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, agent_id: str) -> str:
+        problem = name_problem(agent_id)
+        if problem is not None:
+            raise ValueError(f"{agent_id!r} {problem}")
+        return agent_id
+
+    @field_validator("bundle_path")
+    @classmethod
+    def _bundle_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.exists():
+            raise ValueError("does not exist")
+        return path
+
+    @model_validator(mode="after")
+    def _derived(self) -> AgentSettings:
+        if self.broker.client_id is None:
+            self.broker = self.broker.model_copy(update={"client_id": f"moecast-{self.agent_id}"})
+        if self.ingest.queue_size <= self.broker.receive_maximum:
+            raise ValueError(
+                "ingest.queue_size must exceed broker.receive_maximum, or QoS 1 deliveries "
+                "can stall the network thread"
+            )
+        return self
+
+    @property
+    def client_id(self) -> str:
+        assert self.broker.client_id is not None  # filled in by the validator
+        return self.broker.client_id
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topics.agents}/{self.agent_id}/status"
+
+    @property
+    def metrics_topic(self) -> str:
+        return f"{self.topics.agents}/{self.agent_id}/metrics"
+
+    @property
+    def readings_db(self) -> Path:
+        return self.storage_dir / "readings.db"
+
+    def rule_for(self, stream: StreamId) -> StreamRule | None:
+        """The first stream rule whose pattern matches `stream`, if any."""
+        return next((rule for rule in self.streams if rule.matches(stream)), None)
+
+    def effective_yaml(self) -> str:
+        """The settings as YAML, secrets masked: what `moecast agent --check` prints."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class SettingsFileError(ValueError):
+    """The YAML file cannot be read or is not a mapping of settings."""
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Settings from defaults, `config` (YAML), the environment and `overrides`, in rising
+    precedence. Raises SettingsFileError, pydantic's ValidationError or SettingsError."""
+    if config is not None:
+        _check_yaml_file(config)
+    with _reading_yaml(config):
+        return AgentSettings(**overrides)
+
+
+@contextmanager
+def _reading_yaml(config: Path | None) -> Iterator[None]:
+    token = _yaml_file.set(config)
+    try:
+        yield
+    finally:
+        _yaml_file.reset(token)
+
+
+def _check_yaml_file(config: Path) -> None:
+    # YamlConfigSettingsSource skips a missing file and fails obscurely on a non-mapping one.
+    try:
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SettingsFileError(f"cannot read {config}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise SettingsFileError(f"{config} is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or err
+        raise SettingsFileError(f"{config} is not valid YAML{at}: {problem}") from None
+    if document is not None and not isinstance(document, dict):
+        kind = type(document).__name__
+        raise SettingsFileError(f"{config} must hold a mapping of settings, not a {kind}")
+
+
+def describe_settings_error(error: Exception) -> list[str]:
+    """One short line per problem, each naming the field path: no traceback, no secrets."""
+    if isinstance(error, ValidationError):
+        lines = []
+        for problem in error.errors(include_url=False):
+            path = _field_path(problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            shown = problem.get("input")
+            secret = any("password" in str(part) for part in problem["loc"])
+            if problem["type"] == "extra_forbidden":
+                message = "unknown setting"
+            elif isinstance(shown, str | int | float) and not secret and repr(shown) not in message:
+                message += f" (got {shown!r})"
+            lines.append(f"{path}: {message}" if path else message)
+        return lines
+    # SettingsError: an environment variable that is not valid JSON for a list or mapping.
+    return [str(error)]
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith(("function-", "literal[")):
+            path += f".{part}" if path else part
+    return path

@@ -47,6 +47,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -158,7 +159,9 @@ class Manifest(BaseModel):
     patch_len: PositiveInt
     horizons: list[PositiveInt] = Field(min_length=1)
     quantiles: list[float] = Field(min_length=1)
-    experts_per_layer: list[PositiveInt] = Field(min_length=1)
+    # The experts each layer routes to (indices; all of them unless pruned for a site). The
+    # columns of `expert_load` follow them in order.
+    experts_per_layer: list[list[NonNegativeInt]] = Field(min_length=1)
     quantization: Literal["fp32", "int8"]
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     golden: Golden
@@ -367,7 +370,7 @@ def _check_interface(session: ort.InferenceSession, manifest: Manifest) -> None:
         _check_tensor(outputs[name], ["batch", horizon, n_quantiles])
     if EXPERT_LOAD_NAME in outputs:
         layers = manifest.experts_per_layer
-        _check_tensor(outputs[EXPERT_LOAD_NAME], [len(layers), max(layers)])
+        _check_tensor(outputs[EXPERT_LOAD_NAME], [len(layers), max(map(len, layers))])
 
 
 def _check_tensor(arg: ort.NodeArg, expected: list[int | str]) -> None:

@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import timed
 
 from model.config import preset
 from model.loss import sequence_loss
@@ -31,19 +29,6 @@ PRESETS = ("edge", "edge-dense-active", "edge-dense-total")
 # Time-MoE (Shi et al., ICLR 2025, sec. 4.5): MoE vs a dense model of the same total size,
 # training cost -78 %, inference cost -39 %.
 PAPER_TIME_REDUCTION = {"train": 0.78, "infer": 0.39}
-
-
-def timed(fn: Callable[[], object], min_seconds: float, min_runs: int, warmup: int = 1) -> float:
-    """Median seconds per call over at least `min_runs` calls and `min_seconds` in total."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure(name: str, patch_len: int, quick: bool) -> dict[str, float | int | str]:

@@ -1,4 +1,8 @@
-"""Checkpoints: a directory with `model.safetensors` and `config.json`."""
+"""Checkpoints: a directory with `model.safetensors` and `config.json`.
+
+A model pruned for a site keeps every expert's weights; config.json lists the experts each
+layer routes to under `kept_experts` (absent when nothing is pruned, as in older checkpoints).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from model.network import MoecastModel
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+KEPT_EXPERTS_KEY = "kept_experts"
 
 
 def save_checkpoint(
@@ -25,6 +30,8 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, directory / WEIGHTS_FILE, metadata={"format": "moecast"})
     document = {"config": json.loads(model.config.to_json()), "metadata": metadata or {}}
+    if model.is_pruned:
+        document[KEPT_EXPERTS_KEY] = model.kept_experts
     (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return directory
 
@@ -39,6 +46,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     config = ModelConfig.from_json(json.dumps(document["config"]))
     model = MoecastModel(config)
     model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(device)), strict=True)
+    if KEPT_EXPERTS_KEY in document:
+        model.prune_experts(document[KEPT_EXPERTS_KEY])
     return model.to(device).eval()
 
 

@@ -9,6 +9,7 @@ origin: the head at token i predicts the points after the end of patch i.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,11 @@ class MoEFeedForward(nn.Module):
 
     Dispatch is grouped per expert: each expert runs once on the tokens that chose it.
     Top-k weights are the raw softmax probabilities (not renormalised), as in Time-MoE.
+
+    Experts can be pruned for a site (`prune`): the softmax still runs over every expert, so a
+    pruned expert's probability is lost rather than shared out among the others, but top-k
+    chooses among the kept experts only. A pruned expert keeps its weights, never runs, and is
+    left out of an ONNX export.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -138,20 +144,47 @@ class MoEFeedForward(nn.Module):
         self.shared_gate = (
             nn.Linear(config.d_model, 1, bias=False) if config.shared_expert else None
         )
+        # The same set twice: a tensor for the router (it follows .to(device)) and a tuple for
+        # the dispatch loop, which export traces, so pruned experts never reach the graph. Not
+        # in the state dict: model.checkpoint keeps the kept lists in config.json, and
+        # checkpoints saved before pruning existed still load.
+        self.register_buffer(
+            "kept_mask", torch.ones(config.n_experts, dtype=torch.bool), persistent=False
+        )
+        self.kept_experts: tuple[int, ...] = tuple(range(config.n_experts))
+
+    def prune(self, kept_experts: Sequence[int]) -> None:
+        """Route only to `kept_experts` (indices into `experts`); all indices undo pruning."""
+        kept = sorted({int(e) for e in kept_experts})
+        if len(kept) != len(kept_experts):
+            raise ValueError(f"kept experts repeat an index: {list(kept_experts)}")
+        if kept and not 0 <= kept[0] <= kept[-1] < self.n_experts:
+            raise ValueError(f"kept experts {kept} are not all in [0, {self.n_experts})")
+        if len(kept) < self.top_k:
+            raise ValueError(f"keep at least top_k={self.top_k} experts, got {kept}")
+        self.kept_mask.copy_(torch.isin(torch.arange(self.n_experts), torch.tensor(kept)))
+        self.kept_experts = tuple(kept)
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router probabilities over all experts `[T, n_experts]`, and the top-k weights and
+        expert indices `[T, top_k]` among the kept experts."""
+        probs = F.softmax(self.router(x), dim=-1, dtype=torch.float32)
+        # -1 is below every probability: a pruned expert is never chosen.
+        weights, chosen = torch.where(self.kept_mask, probs, -1.0).topk(self.top_k, dim=-1)
+        return probs, weights, chosen
 
     def forward(self, x: Tensor, token_observed: Tensor) -> tuple[Tensor, Routing]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        probs = F.softmax(self.router(x), dim=-1, dtype=torch.float32)
-        weights, chosen = probs.topk(self.top_k, dim=-1)
+        probs, weights, chosen = self.route(x)
         weights = weights.to(x.dtype)
 
         out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
+        for e in self.kept_experts:
             token, slot = torch.where(chosen == e)
             # index_select (not x[token]): its backward is an index_add, several times faster
             # on CPU than the scatter behind advanced indexing.
-            picked = expert(x.index_select(0, token)) * weights[token, slot, None]
+            picked = self.experts[e](x.index_select(0, token)) * weights[token, slot, None]
             out.index_add_(0, token, picked)
         if self.shared is not None:
             out = out + torch.sigmoid(self.shared_gate(x)) * self.shared(x)
@@ -175,6 +208,8 @@ class MoEFeedForward(nn.Module):
 
 class DenseFeedForward(nn.Module):
     """The dense twin's feed-forward: one SwiGLU, no router."""
+
+    kept_experts: tuple[int, ...] = (0,)  # the one SwiGLU counts as one expert, never pruned
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -309,12 +344,34 @@ class MoecastModel(nn.Module):
             for h, q in out.forecasts.items()
         }
 
+    @property
+    def kept_experts(self) -> list[list[int]]:
+        """The experts each layer routes to (all of them unless pruned)."""
+        return [list(block.ffn.kept_experts) for block in self.blocks]
+
+    @property
+    def is_pruned(self) -> bool:
+        return any(len(kept) < self.config.n_experts for kept in self.kept_experts)
+
+    def prune_experts(self, kept: Sequence[Sequence[int]]) -> None:
+        """Keep, in each layer, only the experts listed for it (`MoEFeedForward.prune`)."""
+        if not self.config.is_sparse:
+            raise ValueError("the dense twin has no experts to prune")
+        if len(kept) != self.config.n_layers:
+            raise ValueError(
+                f"need kept experts for {self.config.n_layers} layers, got {len(kept)}"
+            )
+        for block, layer_kept in zip(self.blocks, kept, strict=True):
+            block.ffn.prune(layer_kept)
+
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters and those active for one token (top_k of the routed experts)."""
+        """Total parameters, less pruned experts (an export leaves them out), and those active
+        for one token (top_k of the routed experts)."""
         total = sum(p.numel() for p in self.parameters())
         inactive = 0
         if self.config.is_sparse:
             per_expert = sum(p.numel() for p in self.blocks[0].ffn.experts[0].parameters())
-            idle = self.config.n_experts - self.config.top_k
-            inactive = per_expert * idle * self.config.n_layers
+            kept = [len(layer) for layer in self.kept_experts]
+            total -= per_expert * sum(self.config.n_experts - n for n in kept)
+            inactive = per_expert * sum(n - self.config.top_k for n in kept)
         return {"total": total, "active": total - inactive}

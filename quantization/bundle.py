@@ -159,7 +159,7 @@ def build_bundle(
         patch_len=model.config.patch_len,
         horizons=list(model.config.horizons),
         quantiles=list(model.config.quantiles),
-        experts_per_layer=[model.config.n_experts] * model.config.n_layers,
+        experts_per_layer=model.kept_experts,
         quantization=quantization,
         model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         golden=_golden(decimals, outputs, GOLDEN_TOLERANCE[quantization]),

@@ -1,4 +1,9 @@
-"""`moecast export`: a checkpoint -> a signed edge bundle (model.onnx, manifest.json, .sig)."""
+"""`moecast export`: a checkpoint -> a signed edge bundle (model.onnx, manifest.json, .sig).
+
+With `--calibration DATA` the model is first pruned for the site DATA comes from (a CSV or
+Parquet file, or a folder of them): `--keep-experts K` per layer, or `auto`, the fewest within
+`--tolerance` of the unpruned held-out MASE (`quantization.prune`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from pathlib import Path
 
 from agent.bundle import BundleError, public_key_fingerprint
 from model.checkpoint import checkpoint_metadata, load_checkpoint
+from model.data.corpus import CorpusError
 from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
+from quantization.prune import DEFAULT_TOLERANCE, prune_for_site
+from quantization.site_data import load_site_series
 
 UNSIGNED = (
     "a bundle must be signed: pass --sign-key PRIVATE_KEY.pem (agents trust its public half), "
@@ -35,6 +43,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="version agents compare to refuse downgrades; increase it with every release",
     )
     parser.add_argument("--tar", action="store_true", help="also write OUT.tar")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="the site's series (CSV/Parquet file or folder): prune experts for that site first",
+    )
+    parser.add_argument(
+        "--keep-experts",
+        type=_keep_experts,
+        metavar="K|auto",
+        help="with --calibration: experts kept per layer, or auto (the fewest within "
+        "--tolerance of the unpruned MASE on held-out windows; default)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"auto: allowed relative MASE increase (default {DEFAULT_TOLERANCE})",
+    )
+
+
+def _keep_experts(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of experts or auto, got {text!r}"
+        ) from None
 
 
 def _fail(message: str) -> int:
@@ -51,13 +88,25 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--model-version must be >= 0")
     if not args.checkpoint.is_dir():
         return _fail(f"no checkpoint at {args.checkpoint}")
+    if args.keep_experts is not None and args.calibration is None:
+        return _fail("--keep-experts needs --calibration DATA: experts are chosen on a site's data")
     try:
         key = load_private_key(args.sign_key or DEV_PRIVATE_KEY)
         model = load_checkpoint(args.checkpoint)
     except (OSError, ValueError) as err:
         return _fail(str(err))
 
-    training = {"checkpoint": checkpoint_metadata(args.checkpoint)}
+    training: dict[str, object] = {"checkpoint": checkpoint_metadata(args.checkpoint)}
+    if args.calibration:
+        try:
+            keep = None if args.keep_experts in (None, "auto") else args.keep_experts
+            report = prune_for_site(
+                model, load_site_series(args.calibration), keep=keep, tolerance=args.tolerance
+            )
+        except (CorpusError, ValueError) as err:
+            return _fail(f"pruning: {err}")
+        print(report.table())
+        training["pruning"] = {"calibration": str(args.calibration), **report.to_dict()}
     try:
         out = build_bundle(
             model,
@@ -78,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.tar:
         print(f"wrote {out.with_name(out.name + '.tar')}")
+    if model.is_pruned:
+        print(f"kept experts per layer: {model.kept_experts}")
     if args.dev_key:
         print("warning: signed with the development key; production agents must not trust it")
     return 0

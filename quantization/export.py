@@ -7,7 +7,8 @@ de-normalisation. Outputs: `h1`, `h8`, `h32`, `h64` `[batch, horizon, n_quantile
 scale (NaN rows for inputs with no observed point) and `expert_load` `[n_layers, n_experts]`,
 the routing mass the batch gave each expert (it feeds per-site pruning). The batch dimension is
 dynamic, and so is the number of tokens each expert receives: the MoE dispatch exports as
-NonZero + gather + scatter-add per expert, never as a capacity fixed by the example batch.
+NonZero + gather + scatter-add per expert, never as a capacity fixed by the example batch. A
+model pruned for a site exports its kept experts only, so the file shrinks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.bundle import EXPERT_LOAD_NAME, INPUT_NAME, output_name
@@ -29,7 +31,11 @@ _WEIGHT_OPS = ("MatMul", "Gemm")
 
 
 class BundleGraph(nn.Module):
-    """What `model.onnx` computes: `MoecastModel.predict` plus each layer's routing mass."""
+    """What `model.onnx` computes: `MoecastModel.predict` plus each layer's routing mass.
+
+    `expert_load` has one column per kept expert of each layer, in index order (the manifest
+    lists the counts), zero-padded to the widest layer; pruned experts are not in the graph.
+    """
 
     def __init__(self, model: MoecastModel) -> None:
         super().__init__()
@@ -37,9 +43,11 @@ class BundleGraph(nn.Module):
 
     def forward(self, values: Tensor) -> tuple[Tensor, ...]:
         loads: list[Tensor] = []
+        width = max(len(kept) for kept in self.model.kept_experts)
 
-        def record_load(_module: nn.Module, _args: object, output: tuple) -> None:
-            loads.append(output[1].load)
+        def record_load(module: nn.Module, _args: object, output: tuple) -> None:
+            load = output[1].load[list(module.kept_experts)]
+            loads.append(F.pad(load, (0, width - load.numel())))
 
         # predict() stays the one definition of the raw-scale output (de-normalisation, NaN
         # rows); the routing mass is read off each feed-forward layer as it runs.

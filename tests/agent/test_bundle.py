@@ -88,7 +88,7 @@ def manifest_for(model: bytes, factor: float = 1.0, **changes) -> Manifest:
         "patch_len": 4,
         "horizons": list(HORIZONS),
         "quantiles": list(QUANTILES),
-        "experts_per_layer": [2],
+        "experts_per_layer": [[0, 1]],
         "quantization": "fp32",
         "model_sha256": hashlib.sha256(model).hexdigest(),
         "golden": {
@@ -317,7 +317,7 @@ def test_model_onnx_runtime_cannot_load(placeholder, key):
 
 @pytest.mark.parametrize(
     ("model_context", "experts", "message"),
-    [(CONTEXT + 4, [2], "values has shape"), (CONTEXT, [3], "expert_load has shape")],
+    [(CONTEXT + 4, [[0, 1]], "values has shape"), (CONTEXT, [[0, 1, 2]], "expert_load has shape")],
 )
 def test_shapes_that_contradict_the_manifest(tmp_path, key, model_context, experts, message):
     model = tiny_model(context=model_context)

@@ -36,6 +36,26 @@ def nano_int8(nano_fp32):
     return quantize_int8(nano_fp32, nano_fp32.with_name("nano.int8.onnx"))
 
 
+# Three of nano's four experts per layer, a different one dropped in each layer.
+PRUNED_NANO = [[0, 2, 3], [1, 2, 3]]
+
+
+@pytest.fixture(scope="session")
+def nano_pruned(nano):
+    import copy
+
+    model = copy.deepcopy(nano)
+    model.prune_experts(PRUNED_NANO)
+    return model
+
+
+@pytest.fixture(scope="session")
+def nano_pruned_fp32(nano_pruned, nano_fp32):
+    from quantization.export import export_onnx
+
+    return export_onnx(nano_pruned, nano_fp32.with_name("nano.pruned.fp32.onnx"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Raised inside torch.export by torch's own pytree code; nothing this project can change.
     config.addinivalue_line(

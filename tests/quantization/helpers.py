@@ -30,3 +30,23 @@ def run_onnx(path: Path, values: np.ndarray) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {"values": values}), strict=True))
+
+
+def site_series(n_series: int = 4, length: int = 600, seed: int = 0) -> list[np.ndarray]:
+    """A site's float64 series of different kinds: daily-like cycles, a trend, a random walk,
+    noise; every other one with scattered missing readings."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    kinds = [
+        lambda: 20 + 5 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.5, length),
+        lambda: 0.05 * t + rng.normal(0, 1.0, length),
+        lambda: np.cumsum(rng.normal(0, 1.0, length)),
+        lambda: 3 * np.sin(2 * np.pi * t / 12) + 0.01 * t + rng.normal(0, 1.0, length),
+    ]
+    rows = []
+    for i in range(n_series):
+        row = kinds[i % len(kinds)]()
+        if i % 2:
+            row[rng.random(length) < 0.1] = np.nan
+        rows.append(row)
+    return rows

@@ -88,7 +88,7 @@ def test_built_bundle_loads_and_its_golden_is_the_pytorch_forecast(nano, fp32_bu
     bundle = load_bundle(fp32_bundle, [keys[1]])
     manifest = bundle.manifest
     assert (manifest.name, manifest.model_version, manifest.quantization) == ("nano", 7, "fp32")
-    assert manifest.experts_per_layer == [4, 4]
+    assert manifest.experts_per_layer == [[0, 1, 2, 3], [0, 1, 2, 3]]
     model_bytes = (fp32_bundle / "model.onnx").read_bytes()
     assert manifest.model_sha256 == hashlib.sha256(model_bytes).hexdigest()
     with torch.no_grad():

@@ -70,7 +70,7 @@ EXPERT_LOAD_NAME = "expert_load"
 MAX_BUNDLE_BYTES = 256 * 2**20
 
 # Deliberately public: development bundles are signed with it. Never trust it in production.
-DEV_PUBLIC_KEY = Path(__file__).parent / "default_bundle" / "dev-key" / "DEV-PUBLIC-KEY.pem"
+DEV_PUBLIC_KEY = Path(__file__).parent / "dev_key" / "DEV-PUBLIC-KEY.pem"
 
 _TAR_BLOCK = 512
 

@@ -393,5 +393,5 @@ def test_the_development_key_ships_with_its_warning_and_no_private_half():
     load_public_key(DEV_PUBLIC_KEY)
     readme = (DEV_PUBLIC_KEY.parent / "README.md").read_text()
     assert "never trust it in production" in readme
-    agent_root = DEV_PUBLIC_KEY.parents[2]
+    agent_root = DEV_PUBLIC_KEY.parents[1]
     assert not [p for p in agent_root.rglob("*.pem") if "PRIVATE" in p.read_text()]

@@ -390,11 +390,11 @@ def _check_tensor(arg: ort.NodeArg, expected: list[int | str]) -> None:
 class Bundle:
     """A verified bundle. Built by `load_bundle` only."""
 
-    def __init__(self, manifest: Manifest, path: Path, model: bytes) -> None:
+    def __init__(self, manifest: Manifest, path: Path, model: bytes, threads: int = 1) -> None:
         self.manifest = manifest
         self.path = path
         self._model = model
-        self._session = self.session()
+        self._session = self.session(threads)
 
     def session(self, threads: int = 1) -> ort.InferenceSession:
         """A new ONNX Runtime session on `threads` cores. Spinning is off: an idle agent
@@ -425,9 +425,11 @@ class Bundle:
         return dict(zip(self.output_names, results, strict=True))
 
 
-def load_bundle(path: str | os.PathLike[str], trusted_keys: Sequence[PublicKeySource]) -> Bundle:
-    """Verify and load a bundle directory or `.tar`; raises a `BundleError` subclass naming the
-    first check that failed (see the module docstring for the order)."""
+def load_bundle(
+    path: str | os.PathLike[str], trusted_keys: Sequence[PublicKeySource], threads: int = 1
+) -> Bundle:
+    """Verify and load a bundle directory or `.tar` whose `run` uses `threads` cores; raises a
+    `BundleError` subclass naming the first check that failed (see the module docstring)."""
     path = Path(path)
     files = _read_files(path)
     keys = [load_public_key(k) for k in trusted_keys]
@@ -439,7 +441,7 @@ def load_bundle(path: str | os.PathLike[str], trusted_keys: Sequence[PublicKeySo
             f"{MODEL_FILE} has sha256 {digest}, the signed manifest says {manifest.model_sha256}"
         )
     try:
-        bundle = Bundle(manifest, path, files[MODEL_FILE])
+        bundle = Bundle(manifest, path, files[MODEL_FILE], threads)
     except Exception as err:  # ONNX Runtime's errors derive from Exception only
         raise ModelLoadError(f"ONNX Runtime cannot load {MODEL_FILE}: {err}") from None
     _check_interface(bundle._session, manifest)

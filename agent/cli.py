@@ -1,7 +1,12 @@
 """`moecast agent`: run the edge agent until SIGTERM or SIGINT, or `--check` its settings.
 
 Exit status: 0 after a clean stop or a valid `--check`; 1 when the agent cannot open its store
-or fails while running (its writer thread died); 2 for invalid settings.
+or fails while running (its writer thread died); 2 for invalid settings or a bundle that fails
+verification.
+
+The bundle is `bundle_path`, else the default one shipped in `agent/default_bundle/`. That one
+is signed with the development key, so it is used only with `trust_dev_key: true`; without it,
+or while the directory is empty, the agent ingests and stores readings but forecasts nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from types import FrameType
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from agent.bundle import DEV_PUBLIC_KEY, MANIFEST_FILE, BundleError, load_bundle
+from agent.forecaster import Forecaster
 from agent.metrics import PrometheusError
 from agent.runtime import Agent
 from agent.settings import (
@@ -30,6 +37,7 @@ from agent.settings import (
 log = logging.getLogger("agent")
 
 _HEALTH_CHECK_S = 1.0
+DEFAULT_BUNDLE = Path(__file__).parent / "default_bundle"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,13 +77,20 @@ def serve(settings: AgentSettings) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    try:
+        forecaster = _forecaster_or_none(settings)
+    except BundleError as err:
+        print(f"error: bundle rejected: {err}", file=sys.stderr)
+        return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        agent = Agent(settings)
+        agent = Agent(settings, on_tick=forecaster)
     except (OSError, sqlite3.Error) as err:
         print(f"error: cannot open the store in {settings.storage_dir}: {err}", file=sys.stderr)
         return 1
+    if forecaster is not None:
+        agent.link.model_version = str(forecaster.model_version)
     try:
         agent.start()
     except PrometheusError as err:
@@ -90,6 +105,38 @@ def serve(settings: AgentSettings) -> int:
             break
     agent.stop()
     return status
+
+
+def _forecaster_or_none(settings: AgentSettings) -> Forecaster | None:
+    """The forecaster of the configured or default bundle; None to run without forecasts.
+    Raises BundleError for a bundle that fails verification."""
+    keys: list[Path] = list(settings.trusted_keys)
+    if settings.trust_dev_key:
+        keys.append(DEV_PUBLIC_KEY)
+    path = settings.bundle_path
+    if path is None:
+        if not (DEFAULT_BUNDLE / MANIFEST_FILE).exists():
+            log.warning("no bundle available (bundle_path unset): ingesting only, no forecasts")
+            return None
+        if not settings.trust_dev_key:
+            log.warning(
+                "the default bundle %s is signed with the development key: set "
+                "trust_dev_key: true to forecast with it (never in production), or set "
+                "bundle_path; ingesting only, no forecasts",
+                DEFAULT_BUNDLE,
+            )
+            return None
+        path = DEFAULT_BUNDLE
+    bundle = load_bundle(path, keys, settings.threads)
+    manifest = bundle.manifest
+    log.info(
+        "bundle %s loaded: %s version %d, %s",
+        path,
+        manifest.name,
+        manifest.model_version,
+        manifest.quantization,
+    )
+    return Forecaster(bundle, settings)
 
 
 def _settings_or_none(config: Path | None) -> AgentSettings | None:

@@ -17,6 +17,9 @@ from typing import Any
 # Upper bounds (seconds) of the store-write latency buckets: a commit without fsync takes well
 # under a millisecond, one with fsync on an SD card tens of milliseconds.
 STORE_WRITE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A tick over a handful of streams takes milliseconds; a thousand streams on a small device take
+# seconds, and a tick near the forecast cadence is the number to watch.
+FORECAST_TICK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Histogram:
@@ -61,6 +64,10 @@ class AgentMetrics:
         self.dropped: Counter[str] = Counter()
         self._registry_dropped: dict[str, int] = {}
         self.store_write = Histogram(STORE_WRITE_BUCKETS_S)
+        self.streams_forecast = 0
+        self.forecast_skipped: Counter[str] = Counter()
+        self.forecast_tick = Histogram(FORECAST_TICK_BUCKETS_S)
+        self.forecast_inference = Histogram(FORECAST_TICK_BUCKETS_S)
         self._gauges: dict[str, Callable[[], float]] = {}
 
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
@@ -106,6 +113,17 @@ class AgentMetrics:
         with self._lock:
             self.store_write.observe(seconds)
 
+    def observe_forecast_tick(
+        self, tick_s: float, inference_s: float, forecast: int, skipped: Mapping[str, int]
+    ) -> None:
+        """One forecasting tick: its whole latency, the part spent in the model, the streams
+        forecast and those skipped, by reason."""
+        with self._lock:
+            self.forecast_tick.observe(tick_s)
+            self.forecast_inference.observe(inference_s)
+            self.streams_forecast += forecast
+            self.forecast_skipped.update(skipped)
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy of every counter and gauge."""
         gauges = {name: read() for name, read in self._gauges.items()}
@@ -122,16 +140,24 @@ class AgentMetrics:
                 "dropped": dict(sorted(dropped.items())),
                 "store_errors": self.store_errors,
                 "connects": self.connects,
-                "store_write_s": {
-                    "count": self.store_write.count,
-                    "sum": round(self.store_write.sum, 6),
-                    "buckets": [
-                        ["+Inf" if bound == float("inf") else bound, count]
-                        for bound, count in self.store_write.cumulative()
-                    ],
-                },
+                "store_write_s": _histogram_json(self.store_write),
+                "streams_forecast": self.streams_forecast,
+                "forecast_skipped": dict(sorted(self.forecast_skipped.items())),
+                "forecast_tick_s": _histogram_json(self.forecast_tick),
+                "forecast_inference_s": _histogram_json(self.forecast_inference),
                 **gauges,
             }
+
+
+def _histogram_json(histogram: Histogram) -> dict[str, Any]:
+    return {
+        "count": histogram.count,
+        "sum": round(histogram.sum, 6),
+        "buckets": [
+            ["+Inf" if bound == float("inf") else bound, count]
+            for bound, count in histogram.cumulative()
+        ],
+    }
 
 
 class PrometheusError(RuntimeError):
@@ -188,11 +214,13 @@ class _Collector:
             ("acked", "QoS 1 messages acknowledged after their readings were stored"),
             ("store_errors", "failed SQLite writes (retried)"),
             ("connects", "successful connections to the broker"),
+            ("streams_forecast", "stream forecasts published"),
         ):
             yield CounterMetricFamily(f"moecast_agent_{name}", doc, value=snap[name])
         for name, doc in (
             ("rejected", "input rejected, by reason"),
             ("dropped", "readings or messages dropped, by reason"),
+            ("forecast_skipped", "streams left out of a forecasting tick, by reason"),
         ):
             family = CounterMetricFamily(f"moecast_agent_{name}", doc, labels=["reason"])
             for reason, count in snap[name].items():
@@ -200,10 +228,15 @@ class _Collector:
             yield family
         for name in self._metrics.gauge_names:
             yield GaugeMetricFamily(f"moecast_agent_{name}", name, value=snap[name])
-        latency = snap["store_write_s"]
-        yield HistogramMetricFamily(
-            "moecast_agent_store_write_seconds",
-            "time to write and commit one batch",
-            buckets=[(str(bound), count) for bound, count in latency["buckets"]],
-            sum_value=latency["sum"],
-        )
+        for name, doc in (
+            ("store_write", "time to write and commit one batch"),
+            ("forecast_tick", "time of one forecasting tick, publishing included"),
+            ("forecast_inference", "time one forecasting tick spends running the model"),
+        ):
+            latency = snap[f"{name}_s"]
+            yield HistogramMetricFamily(
+                f"moecast_agent_{name}_seconds",
+                doc,
+                buckets=[(str(bound), count) for bound, count in latency["buckets"]],
+                sum_value=latency["sum"],
+            )

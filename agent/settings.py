@@ -201,6 +201,9 @@ class ForecastSettings(_Section):
     cadence_s: float = Field(default=60.0, gt=0)  # seconds between forecasting ticks
     # MQTT 5 message expiry of published forecasts: a stale forecast is not delivered late.
     expiry_s: int = Field(default=900, gt=0)
+    # Observed (non-empty) grid bins a stream needs before it is forecast: fewer say too
+    # little for the model's per-series scaling to mean anything.
+    min_observed_bins: int = Field(default=8, gt=0)
 
 
 class IngestSettings(_Section):
@@ -250,6 +253,9 @@ class AgentSettings(BaseSettings):
     threads: int = Field(default=1, gt=0)  # inference threads
     bundle_path: Path | None = None  # the model bundle to load at start
     trusted_keys: list[FilePath] = []  # Ed25519 public keys that may sign bundles
+    # Also trust the public development key (agent/dev_key): needed for the default bundle,
+    # which is signed with it; never in production, where anyone can sign with that key.
+    trust_dev_key: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

@@ -1,0 +1,412 @@
+"""The forecasting tick: grids, one batched model run, forecast and alert messages, and the
+CLI's bundle choice. Uses a real (untrained, seeded) nano bundle built once per module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from agent import cli, forecaster
+from agent.bundle import DEV_PUBLIC_KEY, Bundle, load_bundle
+from agent.forecaster import Forecaster, _median_weights, _round_significant
+from agent.metrics import AgentMetrics
+from agent.readings import Reading, StreamId
+from agent.resample import to_grid
+from agent.runtime import Agent, TickContext
+from agent.settings import AgentSettings, load_settings
+from agent.streams import StreamRegistry
+from tests.agent.conftest import AgentProcess, Broker, Client, agent_settings, wait_for
+
+HORIZONS = (1, 8, 32, 64)
+NOW = 1_764_000_000.0
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch", reason="building the test bundle needs torch")
+    from model.config import preset
+    from model.network import MoecastModel
+    from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
+
+    torch.manual_seed(0)
+    model = MoecastModel(preset("nano"))
+    out = tmp_path_factory.mktemp("bundle") / "nano"
+    return build_bundle(model, out, load_private_key(DEV_PRIVATE_KEY))
+
+
+@pytest.fixture
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir, [DEV_PUBLIC_KEY])
+
+
+@pytest.fixture
+def runs(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Every batch the bundle is run on."""
+    batches: list[np.ndarray] = []
+    real_run = bundle.run
+
+    def spy(values: np.ndarray) -> dict[str, np.ndarray]:
+        batches.append(values)
+        return real_run(values)
+
+    monkeypatch.setattr(bundle, "run", spy)
+    return batches
+
+
+class RecordingLink:
+    """Stands in for MqttLink: keeps what would have been published."""
+
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+
+    def publish(
+        self, topic: str, payload: str, qos: int, retain: bool = False, expiry_s: int | None = None
+    ) -> None:
+        message = {"topic": topic, "payload": json.loads(payload), "qos": qos, "retain": retain}
+        self.published.append({**message, "expiry_s": expiry_s})
+
+    def on(self, prefix: str) -> list[dict[str, Any]]:
+        return [m for m in self.published if m["topic"].startswith(prefix)]
+
+
+def settings_with(tmp_path: Path, **overrides: Any) -> AgentSettings:
+    return load_settings(None, storage_dir=tmp_path, **overrides)
+
+
+def tick(
+    fc: Forecaster, registry: StreamRegistry, now: float = NOW
+) -> tuple[RecordingLink, AgentMetrics]:
+    link, metrics = RecordingLink(), AgentMetrics()
+    fc(TickContext(now, fc.settings, registry, link, metrics))  # type: ignore[arg-type]
+    return link, metrics
+
+
+def regular(n: int, level: float = 20.0, interval: float = 60.0, seed: int = 0) -> list[Reading]:
+    rng = np.random.default_rng(seed)
+    start = NOW - n * interval
+    return [Reading(start + i * interval, level + float(rng.normal())) for i in range(n)]
+
+
+def test_many_streams_share_one_model_run(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    for i in range(50):
+        registry.insert(StreamId(f"dev{i}", "temp"), regular(200, level=i, seed=i))
+    settings = settings_with(tmp_path)
+    link, metrics = tick(Forecaster(bundle, settings), registry)
+
+    assert [batch.shape for batch in runs] == [(50, 128)]
+    forecasts = link.on("forecasts/")
+    assert sorted(m["topic"] for m in forecasts) == sorted(
+        f"forecasts/dev{i}/temp" for i in range(50)
+    )
+    assert all(m["qos"] == 1 and m["retain"] and m["expiry_s"] == 900 for m in forecasts)
+    snapshot = metrics.snapshot()
+    assert snapshot["streams_forecast"] == 50
+    assert snapshot["forecast_tick_s"]["count"] == snapshot["forecast_inference_s"]["count"] == 1
+
+
+def test_forecast_steps_follow_the_grid_and_quantiles_are_ordered(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    stream = StreamId("boiler", "temp")
+    registry.insert(stream, regular(300))
+    link, _ = tick(Forecaster(bundle, settings_with(tmp_path)), registry)
+
+    [message] = link.on("forecasts/boiler/temp")
+    payload = message["payload"]
+    levels = bundle.manifest.quantiles
+    assert payload["stream"] == "boiler/temp"
+    assert payload["model_version"] == bundle.manifest.model_version
+    assert payload["issued_at"] == NOW
+    assert payload["interval_s"] == 60.0  # detected
+    assert payload["grid_end"] == NOW - 60.0  # the newest reading's bin
+    assert payload["quantile_levels"] == levels
+    assert sorted(map(int, payload["horizons"])) == list(HORIZONS)
+    for h in HORIZONS:
+        forecast = payload["horizons"][str(h)]
+        assert forecast["ts"] == [payload["grid_end"] + step * 60.0 for step in range(1, h + 1)]
+        quantiles = np.array([forecast["quantiles"][str(level)] for level in levels]).T
+        assert quantiles.shape == (h, len(levels))
+        assert (np.diff(quantiles, axis=1) >= 0).all()
+        assert forecast["median"] == forecast["quantiles"]["0.5"]
+        assert 10 < np.median(quantiles) < 30  # on the scale of the data
+
+
+def test_rows_are_the_streams_grids_left_padded(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(1)
+    ts = NOW - 3000 + np.cumsum(rng.uniform(2, 18, size=200))  # irregular, ~10 s apart
+    values = np.sin(ts / 300)
+    registry = StreamRegistry()
+    readings = [Reading(t, v) for t, v in zip(ts, values, strict=True)]
+    registry.insert(StreamId("site", "irregular"), readings)
+    registry.insert(StreamId("site", "short"), regular(20))
+    rules = [
+        {"pattern": "site/irregular", "interval_s": 30, "context_points": 64},
+        {"pattern": "site/short", "interval_s": 60},
+    ]
+    link, _ = tick(Forecaster(bundle, settings_with(tmp_path, streams=rules)), registry)
+
+    [batch] = runs
+    order = [StreamId("site", "irregular"), StreamId("site", "short")]
+    assert registry.streams() == order
+    grid_end, grid = to_grid(ts, values, 30.0, 64)
+    assert np.isnan(batch[0, :64]).all()
+    np.testing.assert_array_equal(batch[0, 64:], grid)
+    assert np.isnan(batch[1, :108]).all()
+    assert not np.isnan(batch[1, 108:]).any()
+    [irregular] = link.on("forecasts/site/irregular")
+    assert irregular["payload"]["interval_s"] == 30.0
+    assert irregular["payload"]["grid_end"] == grid_end
+
+
+def test_streams_with_too_little_data_are_skipped_and_counted(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    registry.insert(StreamId("a", "two_readings"), regular(2))  # no interval to detect
+    registry.insert(StreamId("a", "five_bins"), regular(5))
+    registry.insert(StreamId("a", "enough"), regular(8))
+    settings = settings_with(tmp_path, streams=[{"pattern": "a/five_bins", "interval_s": 60}])
+    link, metrics = tick(Forecaster(bundle, settings), registry)
+
+    assert [batch.shape[0] for batch in runs] == [1]
+    assert [m["topic"] for m in link.published] == ["forecasts/a/enough"]
+    snapshot = metrics.snapshot()
+    assert snapshot["forecast_skipped"] == {"no_interval": 1, "too_few_points": 1}
+    assert snapshot["streams_forecast"] == 1
+
+    runs.clear()
+    nothing_due = StreamRegistry()
+    nothing_due.insert(StreamId("a", "five_bins"), regular(5))
+    link, _ = tick(Forecaster(bundle, settings), nothing_due)
+    assert runs == []
+    assert link.published == []
+
+
+def test_huge_batches_are_chunked(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forecaster, "MAX_BATCH", 16)
+    registry = StreamRegistry()
+    for i in range(40):
+        registry.insert(StreamId("dev", f"s{i}"), regular(30, seed=i))
+    link, _ = tick(Forecaster(bundle, settings_with(tmp_path)), registry)
+    assert [batch.shape[0] for batch in runs] == [16, 16, 8]
+    assert len(link.published) == 40
+
+
+def test_alerts_are_raised_and_cleared(bundle: Bundle, tmp_path: Path) -> None:
+    stream = StreamId("tank", "level")
+    rule = {"name": "overflow", "above": 50, "within_steps": 8, "probability": 0.5}
+    settings = settings_with(
+        tmp_path,
+        streams=[{"pattern": "tank/*", "interval_s": 60, "context_points": 16, "alerts": [rule]}],
+    )
+    fc = Forecaster(bundle, settings)
+    registry = StreamRegistry()
+    registry.insert(stream, regular(16, level=100.0))
+    link, _ = tick(fc, registry)
+    [raised] = link.on("alerts/tank/level")
+    assert raised["qos"] == 1
+    assert not raised["retain"]
+    assert raised["payload"]["state"] == "raised"
+    assert raised["payload"]["rule"] == "overflow"
+    assert raised["payload"]["first_crossing_ts"] == NOW  # grid_end + one step
+
+    link, _ = tick(fc, registry, NOW + 60)
+    assert link.on("alerts/") == []  # still raised: no new event
+
+    registry.insert(stream, [Reading(NOW + i * 60.0, 0.0 + i % 2) for i in range(16)])
+    link, _ = tick(fc, registry, NOW + 1000)
+    [cleared] = link.on("alerts/tank/level")
+    assert cleared["payload"]["state"] == "cleared"
+
+
+def test_rounding_keeps_six_significant_digits() -> None:
+    values = np.array([123.456789, -0.000123456789, 98765432.1, 0.0, 1.0, 20.1234549])
+    assert _round_significant(values).tolist() == [
+        123.457,
+        -0.000123457,
+        98765400.0,
+        0.0,
+        1.0,
+        20.1235,
+    ]
+
+
+def test_the_median_is_the_middle_level_or_interpolated() -> None:
+    assert _median_weights(np.array([0.1, 0.5, 0.9])).tolist() == [0.0, 1.0, 0.0]
+    assert _median_weights(np.array([0.1, 0.4, 0.6, 0.9])) == pytest.approx([0, 0.5, 0.5, 0])
+    assert _median_weights(np.array([0.6, 0.9])).tolist() == [1.0, 0.0]  # outside: the nearest
+
+
+# End to end: a real broker, the agent with its forecaster ticking twice a second.
+
+
+@pytest.fixture
+def forecasting_agent(
+    broker: Broker, tmp_path: Path, bundle: Bundle
+) -> Iterator[Callable[..., Agent]]:
+    running: list[Agent] = []
+
+    def start(**overrides: Any) -> Agent:
+        settings = agent_settings(broker, tmp_path / "agent", **overrides)
+        agent = Agent(settings, on_tick=Forecaster(bundle, settings))
+        agent.link.model_version = str(bundle.manifest.model_version)
+        agent.start()
+        running.append(agent)
+        assert agent.link.wait_connected(10)
+        return agent
+
+    yield start
+    for agent in running:
+        agent.stop()
+
+
+def payloads(client: Client, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(payload) for payload in client.messages_on(topic)]
+
+
+def test_readings_in_forecasts_and_alerts_out(
+    forecasting_agent: Callable[..., Agent], client_factory: Callable[[str], Client]
+) -> None:
+    rule = {"name": "hot", "above": 50, "within_steps": 4, "probability": 0.5}
+    forecasting_agent(
+        forecast={"cadence_s": 0.5},
+        streams=[{"pattern": "boiler/*", "interval_s": 10, "context_points": 16, "alerts": [rule]}],
+    )
+    watcher = client_factory("watcher")
+    watcher.subscribe("forecasts/#")
+    watcher.subscribe("alerts/#")
+    publisher = client_factory("publisher")
+    rng = np.random.default_rng(2)
+    start = float(int(time.time() / 10) * 10 - 3000)
+    times = start + np.cumsum(rng.uniform(3, 17, size=40))  # irregular, ~10 s apart
+    publisher.wait_acked(
+        {publisher.publish_reading("sensors/boiler/temp", t, 100 + rng.normal()) for t in times}
+    )
+
+    raised = wait_for(lambda: payloads(watcher, "alerts/boiler/temp"), what="a raised alert")
+    assert raised[0]["state"] == "raised"
+    assert raised[0]["rule"] == "hot"
+    grid_end = float(np.ceil(times[-1] / 10) * 10)
+
+    def forecasts_of_all_readings() -> list[dict[str, Any]]:
+        forecasts = payloads(watcher, "forecasts/boiler/temp")
+        return [f for f in forecasts if f["grid_end"] == grid_end]
+
+    forecast = wait_for(forecasts_of_all_readings, what="a forecast of every reading")[-1]
+    levels = forecast["quantile_levels"]
+    assert levels == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert forecast["interval_s"] == 10.0
+    assert forecast["model_version"] == 1
+    for h in HORIZONS:
+        steps = forecast["horizons"][str(h)]
+        assert steps["ts"] == [forecast["grid_end"] + 10.0 * i for i in range(1, h + 1)]
+        assert sorted(steps["quantiles"], key=float) == [str(level) for level in levels]
+        assert all(len(column) == h for column in steps["quantiles"].values())
+
+    late = client_factory("late")
+    late.subscribe("forecasts/boiler/temp")
+    wait_for(lambda: late.received, what="the retained forecast")
+    assert late.received[0][2]  # retain flag
+
+    later = times[-1] + np.cumsum(rng.uniform(3, 17, size=30))
+    publisher.wait_acked(
+        {publisher.publish_reading("sensors/boiler/temp", t, rng.normal()) for t in later}
+    )
+    wait_for(
+        lambda: payloads(watcher, "alerts/boiler/temp")[-1]["state"] == "cleared",
+        what="the alert to clear",
+    )
+
+
+# The CLI: which bundle, and what happens when it is unusable.
+
+
+def test_a_rejected_bundle_exits_2_without_a_traceback(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_with(tmp_path, bundle_path=bundle_dir)  # dev key not trusted
+    assert cli.serve(settings) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bundle rejected: no trusted key configured")
+    assert "Traceback" not in err
+
+
+def test_the_default_bundle_needs_trust_dev_key(
+    bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(cli, "DEFAULT_BUNDLE", bundle_dir)
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        assert cli._forecaster_or_none(settings_with(tmp_path)) is None
+    assert "trust_dev_key: true" in caplog.text
+    trusted = cli._forecaster_or_none(settings_with(tmp_path, trust_dev_key=True))
+    assert trusted is not None
+    assert trusted.model_version == 1
+
+
+def test_without_a_bundle_the_agent_only_ingests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "default_bundle"
+    empty.mkdir()
+    monkeypatch.setattr(cli, "DEFAULT_BUNDLE", empty)
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        assert cli._forecaster_or_none(settings_with(tmp_path, trust_dev_key=True)) is None
+    assert "no bundle available" in caplog.text
+
+
+def test_the_agent_process_forecasts_and_reports_its_model_version(
+    bundle_dir: Path, broker: Broker, tmp_path: Path, client_factory: Callable[[str], Client]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    settings = {
+        "agent_id": "fc-agent",
+        "broker": {"url": broker.url, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+        "storage_dir": str(tmp_path / "agent"),
+        "bundle_path": str(bundle_dir),
+        "trust_dev_key": True,
+        "forecast": {"cadence_s": 0.5},
+        "log_level": "WARNING",
+    }
+    config.write_text(yaml.safe_dump(settings))
+    watcher = client_factory("watcher")
+    watcher.subscribe("moecast/agents/fc-agent/status")
+    watcher.subscribe("forecasts/#")
+    process = AgentProcess(config, tmp_path / "agent.log")
+    process.start()
+    try:
+        status = wait_for(
+            lambda: payloads(watcher, "moecast/agents/fc-agent/status"), 20, "status online"
+        )[-1]
+        assert status["state"] == "online"
+        assert status["model_version"] == "1"
+        publisher = client_factory("publisher")
+        start = float(int(time.time()) - 600)
+        publisher.wait_acked(
+            {
+                publisher.publish_reading("sensors/pump/rpm", start + 7 * i, 1.0 * i)
+                for i in range(20)
+            }
+        )
+        wait_for(lambda: payloads(watcher, "forecasts/pump/rpm"), 10, "a forecast")
+        assert process.terminate() == 0
+    finally:
+        process.ensure_dead()

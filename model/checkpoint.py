@@ -22,12 +22,20 @@ KEPT_EXPERTS_KEY = "kept_experts"
 
 
 def save_checkpoint(
-    model: MoecastModel, directory: str | Path, metadata: dict[str, Any] | None = None
+    model: MoecastModel,
+    directory: str | Path,
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write the weights and config; `metadata` (JSON-able) goes into config.json."""
+    """Write the weights and config; `metadata` (JSON-able) goes into config.json.
+
+    `dtype=torch.float16` halves the file for shipping; loading always gives a float32 model.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
+    }
     save_file(state, directory / WEIGHTS_FILE, metadata={"format": "moecast"})
     document = {"config": json.loads(model.config.to_json()), "metadata": metadata or {}}
     if model.is_pruned:

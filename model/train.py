@@ -186,7 +186,13 @@ def train(cfg: TrainConfig) -> MoecastModel:
 
     if rank == 0 and cfg.export is not None and end == cfg.steps:
         final = load_checkpoint(cfg.run / "last")
-        save_checkpoint(final, cfg.export, metadata={"steps": cfg.steps, "train": _jsonable(cfg)})
+        # Shipped weights are float16: half the bytes, and inference runs in float32 anyway.
+        save_checkpoint(
+            final,
+            cfg.export,
+            metadata={"steps": cfg.steps, "train": _jsonable(cfg)},
+            dtype=torch.float16,
+        )
     if dist.is_initialized():
         dist.barrier()
     return model

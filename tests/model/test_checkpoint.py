@@ -41,3 +41,15 @@ def test_config_with_unknown_fields_is_rejected(nano, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="n_expert"):
         load_checkpoint(tmp_path)
+
+
+def test_float16_checkpoint_loads_as_float32_with_rounded_weights(nano, tmp_path):
+    save_checkpoint(nano, tmp_path / "half", dtype=torch.float16)
+    loaded = load_checkpoint(tmp_path / "half")
+    full = (tmp_path / "half" / "model.safetensors").stat().st_size
+    for name, value in nano.state_dict().items():
+        got = loaded.state_dict()[name]
+        assert got.dtype == torch.float32
+        assert torch.equal(got, value.half().float()), name
+    save_checkpoint(nano, tmp_path / "full")
+    assert full < 0.6 * (tmp_path / "full" / "model.safetensors").stat().st_size

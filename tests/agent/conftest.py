@@ -22,6 +22,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.runtime import Agent, OnTick
 from agent.settings import AgentSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -261,3 +262,29 @@ class AgentProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+@pytest.fixture
+def start_agent(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Start in-process agents on the test broker (stopped at teardown). `on_tick_for` builds
+    the tick callback from the agent's settings (e.g. a Forecaster)."""
+    running: list[Agent] = []
+
+    def start(
+        on_tick_for: Callable[[AgentSettings], OnTick] | None = None,
+        model_version: str | None = None,
+        **overrides: Any,
+    ) -> Agent:
+        settings = agent_settings(broker, tmp_path / "agent", **overrides)
+        agent = Agent(settings, on_tick=on_tick_for(settings) if on_tick_for else None)
+        if model_version is not None:
+            agent.link.model_version = model_version
+        agent.start()
+        running.append(agent)
+        assert agent.link.wait_connected(10)
+        return agent
+
+    yield start
+    for agent in running:
+        if agent.ingest.alive:
+            agent.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from agent.resample import to_grid
 from agent.runtime import Agent, TickContext
 from agent.settings import AgentSettings, load_settings
 from agent.streams import StreamRegistry
-from tests.agent.conftest import AgentProcess, Broker, Client, agent_settings, wait_for
+from tests.agent.conftest import AgentProcess, Broker, Client, wait_for
 
 HORIZONS = (1, 8, 32, 64)
 NOW = 1_764_000_000.0
@@ -257,23 +257,15 @@ def test_the_median_is_the_middle_level_or_interpolated() -> None:
 
 
 @pytest.fixture
-def forecasting_agent(
-    broker: Broker, tmp_path: Path, bundle: Bundle
-) -> Iterator[Callable[..., Agent]]:
-    running: list[Agent] = []
-
+def forecasting_agent(start_agent: Callable[..., Agent], bundle: Bundle) -> Callable[..., Agent]:
     def start(**overrides: Any) -> Agent:
-        settings = agent_settings(broker, tmp_path / "agent", **overrides)
-        agent = Agent(settings, on_tick=Forecaster(bundle, settings))
-        agent.link.model_version = str(bundle.manifest.model_version)
-        agent.start()
-        running.append(agent)
-        assert agent.link.wait_connected(10)
-        return agent
+        return start_agent(
+            on_tick_for=lambda settings: Forecaster(bundle, settings),
+            model_version=str(bundle.manifest.model_version),
+            **overrides,
+        )
 
-    yield start
-    for agent in running:
-        agent.stop()
+    return start
 
 
 def payloads(client: Client, topic: str) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +17,6 @@ from agent.runtime import Agent, TickContext
 from tests.agent.conftest import Broker, Client, agent_settings, stored_rows, wait_for
 
 BASE_TS = float(int(time.time()) - 3600)  # inside the accepted age
-
-
-@pytest.fixture
-def start_agent(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    running: list[Agent] = []
-
-    def start(**overrides: object) -> Agent:
-        agent = Agent(agent_settings(broker, tmp_path / "agent", **overrides))
-        agent.start()
-        running.append(agent)
-        assert agent.link.wait_connected(10)
-        return agent
-
-    yield start
-    for agent in running:
-        if agent.ingest.alive:
-            agent.stop()
 
 
 def rows_of(agent: Agent, device: str, sensor: str) -> list[tuple[float, float]]:

@@ -1,10 +1,13 @@
 """fp32 `model.onnx` -> int8, with ONNX Runtime's dynamic quantization.
 
 Weights become int8 per output channel; activations are quantized on the fly, so no
-calibration data is needed. The router, the input embedding and the heads stay in float: the
-router's top-k choice flips on small errors (a token then runs through a different expert), the
-embedding sees the raw normalised values with their gaps, and the heads set every output
-directly; together they are a small share of the weights.
+calibration data is needed. The router, the input embedding and the 1- and 8-step heads stay
+in float: the router's top-k choice flips on small errors (a token then runs through a
+different expert), the embedding sees the raw normalised values with their gaps, and the short
+heads set the outputs alerts react to first; together they are a small share of the weights.
+The 32- and 64-step heads hold 70 % of the head weights and are quantized: on the shipped
+`edge` that takes the bundle from 30.5 % to 27.9 % of fp32 for a median error of 1.6 % / 1.9 %
+of the series' spread at those horizons instead of 1.5 % / 1.7 % (sensor benchmark windows).
 
 Measured on a partially trained `edge` (ONNX Runtime 1.32, x86): this is 3.8 MB against 12.6
 MB fp32 and faster than fp32 at batch 1. Weight-only 8-bit MatMulNBits was about 4x closer to
@@ -29,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 KEEP_FLOAT = {
     "embedding": re.compile(r"^embed\."),
     "router": re.compile(r"\.ffn\.router/"),
-    "heads": re.compile(r"^heads\."),
+    "heads": re.compile(r"^heads\.(1|8)\."),
 }
 
 

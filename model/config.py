@@ -35,6 +35,9 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
     dropout: float = 0.0
+    # Each head adds a learned per-step multiple of the last observed (normalised) value to its
+    # output, so persistence is one weight away. False in checkpoints written before it existed.
+    last_value_skip: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +109,7 @@ class ModelConfig:
 
 
 def _edge() -> ModelConfig:
-    return ModelConfig(name="edge")
+    return ModelConfig(name="edge", last_value_skip=True)
 
 
 def _dense_twin(name: str, d_ff: int) -> ModelConfig:
@@ -130,6 +133,7 @@ PRESETS: dict[str, ModelConfig] = {
         d_ff=64,
         n_experts=4,
         top_k=2,
+        last_value_skip=True,
     ),
     "edge": _EDGE,
     "edge-dense-active": _dense_twin("edge-dense-active", _ACTIVE_FFN),

@@ -243,15 +243,42 @@ def monotone_quantiles(raw: Tensor, anchor: int) -> Tensor:
     return torch.cat([centre - down, centre, centre + up], dim=-1)
 
 
+def last_observed(z: Tensor, observed: Tensor, patch_len: int) -> Tensor:
+    """`[batch, tokens]`: the last observed value up to the end of each patch (0, the context
+    mean, where none is yet).
+
+    A running maximum of observed positions, taken per patch and then carried forward as a
+    masked max over a lower triangle: `cummax` has no ONNX export, and the triangle is only
+    tokens x tokens.
+    """
+    b, length = z.shape
+    n = length // patch_len
+    position = torch.arange(length, device=z.device).expand(b, length)
+    last_in_patch = torch.where(observed, position, -1).view(b, n, patch_len).amax(-1)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=z.device).tril()
+    last = torch.where(earlier, last_in_patch[:, None, :], -1).amax(-1)
+    value = z.gather(1, last.clamp_min(0))
+    return torch.where(last >= 0, value, 0.0)
+
+
 class QuantileHead(nn.Module):
-    def __init__(self, d_model: int, horizon: int, n_quantiles: int, anchor: int) -> None:
+    def __init__(
+        self, d_model: int, horizon: int, n_quantiles: int, anchor: int, last_value_skip: bool
+    ) -> None:
         super().__init__()
         self.horizon, self.n_quantiles, self.anchor = horizon, n_quantiles, anchor
         self.proj = nn.Linear(d_model, horizon * n_quantiles)
+        # Zero at first: a checkpoint trained without the skip computes the same function.
+        self.last_value_gain = nn.Parameter(torch.zeros(horizon)) if last_value_skip else None
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, last: Tensor) -> Tensor:
+        """`h`: `[batch, tokens, d_model]`; `last`: `[batch, tokens]` last observed values."""
         raw = self.proj(h).unflatten(-1, (self.horizon, self.n_quantiles))
-        return monotone_quantiles(raw, self.anchor)
+        quantiles = monotone_quantiles(raw, self.anchor)
+        if self.last_value_gain is None:
+            return quantiles
+        # One shift for all quantiles of a step keeps them from crossing.
+        return quantiles + self.last_value_gain[:, None] * last[..., None, None]
 
 
 class MoecastModel(nn.Module):
@@ -263,7 +290,13 @@ class MoecastModel(nn.Module):
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.heads = nn.ModuleDict(
             {
-                str(h): QuantileHead(config.d_model, h, len(config.quantiles), config.median_index)
+                str(h): QuantileHead(
+                    config.d_model,
+                    h,
+                    len(config.quantiles),
+                    config.median_index,
+                    config.last_value_skip,
+                )
                 for h in config.horizons
             }
         )
@@ -317,10 +350,13 @@ class MoecastModel(nn.Module):
             x, routing = block(x, cos, sin, attn_mask, token_observed)
             routings.append(routing)
         x = self.norm(x[:, -1:] if last_only else x)
+        last = last_observed(z, observed, cfg.patch_len)
+        if last_only:
+            last = last[:, -1:]
 
         return MoecastOutput(
             forecasts={
-                h: head(x) for h, head in zip(cfg.horizons, self.heads.values(), strict=True)
+                h: head(x, last) for h, head in zip(cfg.horizons, self.heads.values(), strict=True)
             },
             loc=loc,
             scale=scale,

@@ -54,6 +54,7 @@ class TrainConfig:
     data_root: Path | None = None  # default: ../shared/data (or $MOECAST_DATA)
     patch_len: int | None = None  # override the preset's patch length
     stop_at: int | None = None  # pause here (checkpointed); rerun to continue the same schedule
+    init: Path | None = None  # start a new run from these weights (parameters it lacks stay new)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -104,6 +105,18 @@ def _resume_point(run: Path) -> Path | None:
     return None
 
 
+def warm_start(model: MoecastModel, checkpoint: Path) -> None:
+    """Copy a checkpoint's weights into `model`, e.g. to continue pretraining after adding a
+    parameter. Every parameter the checkpoint has must fit; those it lacks keep their
+    initialisation (new parameters start as the identity, see `QuantileHead`)."""
+    source = load_checkpoint(checkpoint).state_dict()
+    result = model.load_state_dict(source, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{checkpoint} has weights this model lacks: {result.unexpected_keys}")
+    log_missing = ", ".join(result.missing_keys) or "none"
+    print(f"warm start from {checkpoint}; new parameters: {log_missing}", flush=True)
+
+
 def _jsonable(cfg: TrainConfig) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
@@ -137,6 +150,8 @@ def train(cfg: TrainConfig) -> MoecastModel:
         state = torch.load(resume / TRAINER_STATE, map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+    elif cfg.init is not None:
+        warm_start(model, cfg.init)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
 
     config = model.config
@@ -213,6 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at", type=int, help="pause at this step; rerun to continue")
     parser.add_argument("--run", type=Path, default=defaults.run, help="run directory (resumes)")
     parser.add_argument("--export", type=Path, help="copy the final weights here")
+    parser.add_argument("--init", type=Path, help="start a new run from this checkpoint's weights")
     parser.add_argument("--data-root", type=Path, help="default: ../shared/data or $MOECAST_DATA")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
 
@@ -235,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run,
         export=args.export,
         data_root=args.data_root,
+        init=args.init,
     )
     train(cfg)
     print(f"checkpoint: {cfg.run / 'last'}" + (f"; exported to {cfg.export}" if cfg.export else ""))

@@ -15,6 +15,7 @@ import numpy as np
 from model.data._validation import require_fraction
 from model.data.gaps import drop_readings
 from model.data.kernel_synth import kernel_synth
+from model.data.regimes import regime_series
 from model.data.sensor import sensor_like
 from model.data.trend_seasonal import trend_seasonal
 
@@ -24,8 +25,14 @@ GENERATORS: Mapping[str, SeriesGenerator] = {
     "kernel_synth": kernel_synth,
     "trend_seasonal": trend_seasonal,
     "sensor": sensor_like,
+    "regimes": regime_series,
 }
-DEFAULT_WEIGHTS: Mapping[str, float] = {"kernel_synth": 0.4, "trend_seasonal": 0.3, "sensor": 0.3}
+DEFAULT_WEIGHTS: Mapping[str, float] = {
+    "kernel_synth": 0.3,
+    "trend_seasonal": 0.25,
+    "sensor": 0.3,
+    "regimes": 0.15,
+}
 
 LOG10_SCALE_RANGE = (-2.0, 5.0)
 LOG10_OFFSET_RATIO_MAX = 2.5  # |offset| up to ~300 scales

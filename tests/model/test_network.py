@@ -193,3 +193,54 @@ def test_patch_len_one_is_pointwise(nano):
     model = MoecastModel(nano.config.replace(patch_len=1, context_length=32))
     out = model(series(2, 32))
     assert out.forecasts[8].shape[1] == 32
+
+
+# --- last-value skip ------------------------------------------------------------------------
+
+
+def test_last_observed_carries_the_latest_reading_across_gaps_and_patches():
+    from model.network import last_observed
+
+    nan = float("nan")
+    z = torch.tensor(
+        [
+            [1.0, 2.0, nan, nan, nan, nan, nan, nan, 5.0, nan, 7.0, nan],
+            [nan, nan, nan, nan, nan, 3.0, nan, nan, nan, nan, nan, nan],
+        ]
+    )
+    observed = ~torch.isnan(z)
+    got = last_observed(torch.nan_to_num(z), observed, patch_len=4)
+    # patch ends at points 3, 7, 11; nothing seen yet reads 0 (the context mean)
+    expected = torch.tensor([[2.0, 2.0, 7.0], [0.0, 3.0, 3.0]])
+    torch.testing.assert_close(got, expected)
+
+
+def test_a_head_with_unit_last_value_gain_and_no_projection_forecasts_persistence():
+    from model.config import preset
+
+    model = MoecastModel(preset("nano")).eval()
+    for head in model.heads.values():
+        torch.nn.init.zeros_(head.proj.weight)
+        torch.nn.init.zeros_(head.proj.bias)
+        torch.nn.init.ones_(head.last_value_gain)
+    x = series(2, 128)
+    x[0, -5:] = float("nan")  # the last reading is older than the context's end
+    last = torch.stack([x[0, -6], x[1, -1]])
+    out = model.predict(x)
+    for h, q in out.items():
+        # softplus(0) spreads the quantiles around the median; the median is the last value
+        median = q[:, :, model.config.median_index]
+        torch.testing.assert_close(median, last[:, None].expand(2, h), rtol=1e-5, atol=1e-4)
+
+
+def test_the_skip_starts_at_zero_and_old_configs_load_without_it():
+    from model.config import ModelConfig, preset
+
+    model = MoecastModel(preset("nano"))
+    assert all(torch.count_nonzero(h.last_value_gain) == 0 for h in model.heads.values())
+    legacy = ModelConfig.from_json(
+        '{"context_length": 64, "patch_len": 4, "d_model": 32, '
+        '"n_heads": 2, "d_ff": 64, "n_experts": 4}'
+    )
+    assert not legacy.last_value_skip
+    assert all(h.last_value_gain is None for h in MoecastModel(legacy).heads.values())

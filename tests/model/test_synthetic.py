@@ -487,3 +487,19 @@ def test_mixture_rejects_bad_weights() -> None:
         SyntheticMixture({"kernel_synth": -1.0, "sensor": 2.0})
     with pytest.raises(ValueError, match="non-negative"):
         SyntheticMixture({"sensor": 0.0})
+
+
+# --- piecewise-constant regimes -------------------------------------------------------------
+
+
+def test_regime_series_hold_exact_values_for_long_runs_then_jump():
+    from model.data.regimes import regime_series
+
+    rng = _rng(21)
+    draws = [regime_series(rng, 500) for _ in range(100)]
+    held = np.array([np.mean(np.diff(d) == 0) for d in draws])
+    # persistence is exact most of the time, and the series still move
+    assert np.median(held) > 0.8
+    assert sum(np.ptp(d) > 0 for d in draws) > 80
+    distinct = np.array([np.unique(d).size for d in draws])
+    assert np.median(distinct) < 60

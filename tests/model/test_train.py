@@ -86,3 +86,30 @@ def test_windows_from_real_series_are_crops_of_them():
 def test_a_sampler_without_data_is_refused():
     with pytest.raises(ValueError, match="needs synthetic data"):
         WindowSampler(64, 32)
+
+
+def test_warm_start_copies_a_checkpoint_and_keeps_its_new_parameters_at_identity(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import preset
+    from model.network import MoecastModel
+
+    torch.manual_seed(3)
+    old = MoecastModel(preset("nano", last_value_skip=False))
+    save_checkpoint(old, tmp_path / "old")
+    model = train(config(tmp_path, steps=0, init=tmp_path / "old"))
+    for name, value in old.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+    x = torch.randn(2, 128) * 3 + 1
+    with torch.no_grad():
+        for h, q in model.eval().predict(x).items():
+            torch.testing.assert_close(q, old.eval().predict(x)[h], rtol=1e-5, atol=1e-5)
+
+
+def test_warm_start_refuses_a_checkpoint_of_another_shape(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import preset
+    from model.network import MoecastModel
+
+    save_checkpoint(MoecastModel(preset("nano", d_model=16, n_heads=2)), tmp_path / "other")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        train(config(tmp_path, steps=1, init=tmp_path / "other"))

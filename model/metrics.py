@@ -46,8 +46,14 @@ def weighted_quantile_loss(
     return float(per_level.mean())
 
 
-def geometric_mean(values: Sequence[float]) -> float:
-    """Geometric mean of positive finite values (the others are left out)."""
+def geometric_mean(values: Sequence[float], floor: float = 0.0) -> float:
+    """Geometric mean of the finite values, each raised to at least `floor`.
+
+    With `floor > 0` an exact score (0) counts as `floor` instead of being left out: leaving
+    it out would drop a model's best series from its own mean. Without a floor, values <= 0
+    are left out (their logarithm is undefined).
+    """
     arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr) & (arr > 0)]
+    arr = arr[np.isfinite(arr)]
+    arr = np.maximum(arr, floor) if floor > 0 else arr[arr > 0]
     return float(np.exp(np.log(arr).mean())) if arr.size else float("nan")

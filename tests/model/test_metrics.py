@@ -49,3 +49,9 @@ def test_perfect_quantiles_score_zero():
 def test_geometric_mean_ignores_non_positive_and_nan():
     assert geometric_mean([1.0, 4.0, np.nan, 0.0]) == pytest.approx(2.0)
     assert math.isnan(geometric_mean([np.nan]))
+
+
+def test_geometric_mean_with_a_floor_counts_exact_scores_at_the_floor():
+    assert geometric_mean([0.0, 1e-9, 4.0, np.nan], floor=0.01) == pytest.approx(
+        (0.01 * 0.01 * 4.0) ** (1 / 3)
+    )

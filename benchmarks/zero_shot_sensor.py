@@ -91,6 +91,7 @@ def main() -> int:
     mase_of: dict[tuple, list[float]] = defaultdict(list)
     wql_of: dict[tuple, list[float]] = defaultdict(list)
     n_windows, started = 0, time.perf_counter()
+    labels: list[str] = []  # the series, in the order of each score list
     rng = np.random.default_rng(args.seed)
     for s in series:
         season = season_of(s.interval_s, args.context)
@@ -105,6 +106,7 @@ def main() -> int:
             continue
         contexts, targets, scales = contexts[usable], targets[usable], scales[usable]
         n_windows += len(contexts)
+        labels.append(f"{s.source}:{s.name}")
         forecasters = dict(models)
         if not args.no_baselines:
             forecasters |= {b.name: b for b in statsforecast_baselines(season, args.context)}
@@ -150,7 +152,16 @@ def main() -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"command": " ".join(sys.argv), "windows": n_windows, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "windows": n_windows,
+                "rows": rows,
+                "series": labels,
+                "mase_per_series": {f"{n}|{d}|{h}": v for (n, d, h), v in mase_of.items()},
+            },
+            indent=2,
+        )
     )
     print(f"\nwrote {args.out}")
     return 0

@@ -35,12 +35,12 @@ class AlertRule(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str
+    name: str  # names the alert in its messages
     above: float | None = None
     below: float | None = None
-    within_steps: int = Field(gt=0)
-    probability: float = Field(gt=0, lt=1)
-    hysteresis: float = Field(default=0.1, ge=0)
+    within_steps: int = Field(gt=0)  # look this many grid steps ahead
+    probability: float = Field(gt=0, lt=1)  # raise when P(crossing) reaches this
+    hysteresis: float = Field(default=0.1, ge=0)  # clear below probability - hysteresis
 
     @model_validator(mode="after")
     def _check(self) -> AlertRule:

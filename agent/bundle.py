@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -275,6 +275,12 @@ def _public_key_from_bytes(data: bytes, origin: str) -> Ed25519PublicKey:
     raise KeyFormatError(f"{origin} is neither PEM, 32 raw bytes nor 64 hex digits")
 
 
+def read_bundle_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The three files of a bundle directory or `.tar`, read and checked for safety (no
+    signature check: use `load_bundle` for that); raises MissingFileError & co."""
+    return _read_files(Path(path))
+
+
 def _read_files(path: Path) -> dict[str, bytes]:
     if not path.exists():
         raise MissingFileError(f"no bundle at {path}")
@@ -341,6 +347,12 @@ def _member_name(member: tarfile.TarInfo) -> str | None:
     return clean
 
 
+def verify_signature(document: bytes, signature: bytes, keys: Sequence[Ed25519PublicKey]) -> None:
+    """Raise NoTrustedKeyError or SignatureError unless one of `keys` signed `document`. Also
+    checks the signed documents of the update wire format (`agent.update_wire`)."""
+    _verify_signature(document, signature, keys)
+
+
 def _verify_signature(manifest: bytes, signature: bytes, keys: Sequence[Ed25519PublicKey]) -> None:
     if not keys:
         raise NoTrustedKeyError("no trusted key configured: cannot accept any bundle")
@@ -395,6 +407,9 @@ class Bundle:
         self.path = path
         self._model = model
         self._session = self.session(threads)
+        # Sees every run's outputs (model updates watch a trial's forecasts and aggregate
+        # `expert_load` through it); called on the thread that ran the model.
+        self.on_run: Callable[[dict[str, np.ndarray]], None] | None = None
 
     def session(self, threads: int = 1) -> ort.InferenceSession:
         """A new ONNX Runtime session on `threads` cores. Spinning is off: an idle agent
@@ -422,7 +437,10 @@ class Bundle:
         if values.ndim != 2 or values.shape[1] != expected or values.shape[0] == 0:
             raise ValueError(f"values must have shape [batch >= 1, {expected}], got {values.shape}")
         results = self._session.run(None, {INPUT_NAME: values})
-        return dict(zip(self.output_names, results, strict=True))
+        outputs = dict(zip(self.output_names, results, strict=True))
+        if self.on_run is not None:
+            self.on_run(outputs)
+        return outputs
 
 
 def load_bundle(

@@ -1,7 +1,7 @@
 """The single writer: MQTT messages -> readings -> stream buffers and SQLite -> acknowledgements.
 
 One thread owns the `ReadingStore` (its threading contract). It takes messages off the queue in
-batches, bounded by a message count and a time window, and for each batch:
+batches, bounded by a message count, their payload bytes and a time window, and for each batch:
 
 1. parses topics and payloads, counting every rejection by reason;
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
@@ -143,8 +143,10 @@ class IngestWorker:
         if isinstance(first, Flush):
             return [], first
         batch = [first]
+        size = len(first.payload)
         deadline = time.monotonic() + self._settings.batch_window_s
-        while len(batch) < self._settings.batch_max_messages and time.monotonic() < deadline:
+        max_messages, max_bytes = self._settings.batch_max_messages, self._settings.batch_max_bytes
+        while len(batch) < max_messages and size < max_bytes and time.monotonic() < deadline:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
@@ -152,6 +154,7 @@ class IngestWorker:
             if isinstance(item, Flush):
                 return batch, item
             batch.append(item)
+            size += len(item.payload)
         return batch, None
 
     def _ingest(self, batch: list[InboundMessage]) -> bool:

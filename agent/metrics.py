@@ -69,10 +69,16 @@ class AgentMetrics:
         self.forecast_tick = Histogram(FORECAST_TICK_BUCKETS_S)
         self.forecast_inference = Histogram(FORECAST_TICK_BUCKETS_S)
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._sections: dict[str, Callable[[], Any]] = {}
 
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         """A value read when a snapshot is taken, e.g. the ingest queue depth."""
         self._gauges[name] = read
+
+    def add_section(self, name: str, read: Callable[[], Any]) -> None:
+        """A JSON value read when a snapshot is taken (left out when it reads None), e.g. the
+        aggregated expert load; on the metrics topic only, not in Prometheus."""
+        self._sections[name] = read
 
     @property
     def gauge_names(self) -> list[str]:
@@ -127,6 +133,7 @@ class AgentMetrics:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy of every counter and gauge."""
         gauges = {name: read() for name, read in self._gauges.items()}
+        sections = {name: read() for name, read in self._sections.items()}
         with self._lock:
             dropped = Counter(self.dropped)
             dropped.update(self._registry_dropped)
@@ -146,6 +153,7 @@ class AgentMetrics:
                 "forecast_tick_s": _histogram_json(self.forecast_tick),
                 "forecast_inference_s": _histogram_json(self.forecast_inference),
                 **gauges,
+                **{name: value for name, value in sections.items() if value is not None},
             }
 
 

@@ -21,7 +21,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent.inbox import InboundMessage, Inbox
 from agent.metrics import AgentMetrics
 from agent.settings import AgentSettings
+from agent.update_wire import bundle_topic, chunk_subscription
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ class MqttLink:
         self._metrics = metrics
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.model_version: str | None = None  # set by the bundle loader once one is active
+        # Receives fleet bundle messages (topic, payload) on the network thread: it must only
+        # enqueue. Set before `start` to subscribe to the group's bundle topics.
+        self.fleet_sink: Callable[[str, bytes], None] | None = None
+        group = settings.updates.group
+        self._fleet_topic = None if group is None else bundle_topic(settings.topics.fleet, group)
         self.connected = threading.Event()
         self._stopping = False
         self._unreachable_logged = False  # one warning per outage, not one per retry
@@ -67,6 +73,8 @@ class MqttLink:
         # connection the message came on?" and sending the PUBACK one step.
         self._connection = 0
         self._ack_lock = threading.Lock()
+        # Building and publishing a status is one step under this lock (set_model_version).
+        self._status_lock = threading.Lock()
         self._v5 = settings.broker.protocol == "5"
         self._client = self._make_client()
 
@@ -130,6 +138,23 @@ class MqttLink:
             properties.MessageExpiryInterval = expiry_s
         return self._client.publish(topic, payload, qos, retain, properties)
 
+    def set_model_version(self, version: str | None) -> None:
+        """Report `version` as the active model. When it changed, the retained `online` status
+        is republished at once (if connected), and the will carries it from the next connect."""
+        with self._status_lock:
+            if version == self.model_version:
+                return
+            self.model_version = version
+            self._client.will_set(
+                self.settings.status_topic, self._status("offline"), qos=1, retain=True
+            )
+            # paho is connected before `_on_connect` runs, and that publishes the status under
+            # this lock too: whichever of the two publishes last carries the new version.
+            if self._client.is_connected():
+                self._client.publish(
+                    self.settings.status_topic, self._status("online"), qos=1, retain=True
+                )
+
     def _make_client(self) -> paho.Client:
         settings, broker = self.settings, self.settings.broker
         client = paho.Client(
@@ -169,6 +194,7 @@ class MqttLink:
                 "agent_id": self.settings.agent_id,
                 "model_version": self.model_version,
                 "started_at": self.started_at,
+                "group": self.settings.updates.group,
             }
         ).encode()
 
@@ -197,7 +223,10 @@ class MqttLink:
             client.subscribe(subscription, options=options)
         else:
             client.subscribe(subscription, qos=topics.subscribe_qos)
-        client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+        if self._fleet_topic is not None and self.fleet_sink is not None:
+            self._subscribe_fleet(client)
+        with self._status_lock:
+            client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
         self._metrics.count_connect()
         self._unreachable_logged = False
         self.connected.set()
@@ -208,6 +237,21 @@ class MqttLink:
             "resumed" if flags.session_present else "new",
             subscription,
         )
+
+    def _subscribe_fleet(self, client: paho.Client) -> None:
+        group = self.settings.updates.group
+        assert self._fleet_topic is not None
+        assert group is not None
+        topics = [self._fleet_topic, chunk_subscription(self.settings.topics.fleet, group)]
+        if self._v5:
+            # Retained bundle messages on every (re)connect, not only on a new subscription:
+            # a download cut short by a restart starts over from what the broker retains.
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+            )
+            client.subscribe([(topic, options) for topic in topics])
+        else:
+            client.subscribe([(topic, 1) for topic in topics])
 
     def _on_disconnect(
         self,
@@ -239,13 +283,16 @@ class MqttLink:
     ) -> None:
         refused = [code for code in reason_codes if code.is_failure]
         if refused:
-            log.error("broker refused the subscription to sensor topics: %s", refused[0])
+            log.error("broker refused a subscription (sensor or fleet topics): %s", refused[0])
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
+        if topic is not None and self._is_fleet(topic):
+            self._to_fleet(client, topic, message)
+            return
         item = InboundMessage(
             topic, message.payload, time.time(), message.mid, message.qos, self._connection
         )
@@ -258,3 +305,18 @@ class MqttLink:
             # Not dropped: an unacknowledged message would only come back after a reconnect.
             # Receive Maximum bounds these below the queue size, so this wait is short.
             self._inbox.put(item)
+
+    def _is_fleet(self, topic: str) -> bool:
+        fleet = self._fleet_topic
+        return fleet is not None and (topic == fleet or topic.startswith(f"{fleet}/chunk/"))
+
+    def _to_fleet(self, client: paho.Client, topic: str, message: paho.MQTTMessage) -> None:
+        """Hand a bundle message to the update thread, and acknowledge it at once: the broker
+        retains it, and resends it with every subscription, so nothing is lost by a crash."""
+        if len(message.payload) > self.settings.updates.max_message_bytes:
+            self._metrics.count_dropped("fleet_message_too_large")
+        elif self.fleet_sink is not None:
+            self.fleet_sink(topic, message.payload)
+        if message.qos:
+            with self._ack_lock:
+                client.ack(message.mid, message.qos)

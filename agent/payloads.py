@@ -66,10 +66,10 @@ class PayloadLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_bytes: int = Field(default=1 << 20, gt=0)
-    max_readings: int = Field(default=10_000, gt=0)
-    max_future_s: float = Field(default=300.0, ge=0)
-    max_age_s: float = Field(default=7 * 86_400.0, gt=0)
+    max_bytes: int = Field(default=1 << 20, gt=0)  # larger payloads are rejected unparsed
+    max_readings: int = Field(default=10_000, gt=0)  # per payload (a list or SenML pack)
+    max_future_s: float = Field(default=300.0, ge=0)  # tolerated clock skew ahead of ours
+    max_age_s: float = Field(default=7 * 86_400.0, gt=0)  # older timestamps are rejected
     # The model runs in float32 and z-scores its context: squares overflow above ~1e19, and
     # long before that a value keeps no useful precision. Larger values are rejected here rather
     # than turning into infinities inside the graph.

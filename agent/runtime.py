@@ -134,9 +134,12 @@ class Agent:
             "ts": time.time(),
             **self.metrics.snapshot(),
         }
-        # Expiring after two intervals: a subscriber that comes back late wants fresh numbers.
+        # Retained, so a tool that subscribes (`moecast fleet prune-for` reading the expert
+        # load) gets the latest at once; expiring after two intervals: no stale numbers.
         expiry = max(1, math.ceil(2 * self.settings.metrics.interval_s))
-        self.link.publish(self.settings.metrics_topic, json.dumps(snapshot), 0, expiry_s=expiry)
+        self.link.publish(
+            self.settings.metrics_topic, json.dumps(snapshot), 0, retain=True, expiry_s=expiry
+        )
 
     def _tick(self) -> None:
         assert self._on_tick is not None

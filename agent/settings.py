@@ -44,6 +44,7 @@ from agent.payloads import PayloadLimits
 from agent.readings import StreamId, name_problem
 from agent.store import StoreLimits
 from agent.streams import StreamLimits
+from agent.update_settings import UpdateSettings
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -74,21 +75,21 @@ class TlsSettings(_Section):
 
 
 class BrokerSettings(_Section):
-    url: str = "mqtt://localhost:1883"
+    url: str = "mqtt://localhost:1883"  # mqtt://host[:port] or mqtts:// for TLS
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_text)] = "5"
     client_id: str | None = None  # default: "moecast-<agent_id>", stable across restarts
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsSettings = TlsSettings()
-    keepalive_s: int = Field(default=30, ge=5, le=65_535)
+    keepalive_s: int = Field(default=30, ge=5, le=65_535)  # the LWT fires after 1.5x this
     # How long the broker keeps the session (subscriptions, queued QoS 1 readings) while the
     # agent is away; MQTT 5 only, a 3.1.1 session lasts until the broker expires it.
     session_expiry_s: int = Field(default=7 * 86_400, gt=0, lt=2**32 - 1)
     # MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to
     # the agent. Bounds what sits in the ingest queue, and caps QoS 1 throughput.
     receive_maximum: int = Field(default=1_000, gt=0, le=65_535)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)  # first reconnect delay, doubling ...
+    reconnect_max_s: float = Field(default=60.0, gt=0)  # ... up to this
 
     @field_validator("url")
     @classmethod
@@ -137,15 +138,16 @@ class BrokerSettings(_Section):
 class TopicSettings(_Section):
     """Topic prefixes (DESIGN 5): readings arrive on `<sensors>/<device>/<sensor>`."""
 
-    sensors: str = "sensors"
-    forecasts: str = "forecasts"
-    alerts: str = "alerts"
+    sensors: str = "sensors"  # readings arrive on <sensors>/<device>/<sensor>
+    forecasts: str = "forecasts"  # forecasts go to <forecasts>/<device>/<sensor>
+    alerts: str = "alerts"  # alerts go to <alerts>/<device>/<sensor>
     agents: str = "moecast/agents"  # status and metrics: <agents>/<agent_id>/...
+    fleet: str = "moecast/fleet"  # bundles for a group: <fleet>/<group>/bundle
     # At most 1: paho keeps a QoS 2 handshake's state in memory only, so a restarted agent
     # would complete (and lose) a message it had not stored; QoS 1 redelivers it instead.
     subscribe_qos: int = Field(default=1, ge=0, le=1)
 
-    @field_validator("sensors", "forecasts", "alerts", "agents")
+    @field_validator("sensors", "forecasts", "alerts", "agents", "fleet")
     @classmethod
     def _prefix(cls, prefix: str) -> str:
         levels = prefix.split("/")
@@ -163,10 +165,10 @@ class StreamRule(_Section):
     "site1/temp*" or "*/humidity". The first matching rule in the list applies.
     """
 
-    pattern: str = Field(min_length=1)
+    pattern: str = Field(min_length=1)  # glob over <device>/<sensor>; the first match wins
     interval_s: float | Literal["auto"] = "auto"  # the grid step; "auto": detected
     context_points: int | None = Field(default=None, gt=0)  # None: the bundle's context length
-    alerts: list[AlertRule] = []
+    alerts: list[AlertRule] = []  # rules evaluated on each forecast of a matching stream
 
     @field_validator("interval_s", mode="before")
     @classmethod
@@ -204,11 +206,20 @@ class ForecastSettings(_Section):
     # Observed (non-empty) grid bins a stream needs before it is forecast: fewer say too
     # little for the model's per-series scaling to mean anything.
     min_observed_bins: int = Field(default=8, gt=0)
+    # A stream whose newest reading (event time) is older than this at a tick is not forecast
+    # (counted as skipped "stale"), so its retained forecast expires rather than being renewed
+    # with steps in the past. "auto": 16 of the stream's intervals, at least 600 s (see
+    # agent.forecaster); a fixed time would silence daily streams or keep 1 s ones too long.
+    stale_after_s: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
 
 
 class IngestSettings(_Section):
     queue_size: int = Field(default=10_000, gt=0)  # messages between the network and the writer
     batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
+    # Payload bytes per transaction (one message may exceed it): a reading takes ~5x its JSON
+    # size in memory until committed, so a thousand batch payloads in one transaction would
+    # hold hundreds of MB. 256 KiB (~7k readings) already amortises the commit.
+    batch_max_bytes: int = Field(default=256 * 1024, gt=0)
     batch_window_s: float = Field(default=0.05, gt=0)  # longest time spent filling one batch
     log_interval_s: float = Field(default=60.0, gt=0)  # at most one log line per reason per this
 
@@ -222,7 +233,7 @@ class Limits(_Section):
 class MetricsSettings(_Section):
     interval_s: float = Field(default=60.0, gt=0)  # publishing period on the metrics topic
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)  # None: no endpoint
-    prometheus_host: str = "127.0.0.1"
+    prometheus_host: str = "127.0.0.1"  # 0.0.0.0 exposes the endpoint beyond the device
 
 
 def _default_agent_id() -> str:
@@ -241,10 +252,10 @@ class AgentSettings(BaseSettings):
         env_prefix="MOECAST_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    agent_id: str = Field(default_factory=_default_agent_id)
+    agent_id: str = Field(default_factory=_default_agent_id)  # default: the host name
     broker: BrokerSettings = BrokerSettings()
     topics: TopicSettings = TopicSettings()
-    streams: list[StreamRule] = []
+    streams: list[StreamRule] = []  # per stream pattern: grid interval, context, alert rules
     forecast: ForecastSettings = ForecastSettings()
     ingest: IngestSettings = IngestSettings()
     limits: Limits = Limits()
@@ -256,6 +267,7 @@ class AgentSettings(BaseSettings):
     # Also trust the public development key (agent/dev_key): needed for the default bundle,
     # which is signed with it; never in production, where anyone can sign with that key.
     trust_dev_key: bool = False
+    updates: UpdateSettings = UpdateSettings()  # fleet model updates (agent.updates)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -291,6 +303,10 @@ class AgentSettings(BaseSettings):
     def _derived(self) -> AgentSettings:
         if self.broker.client_id is None:
             self.broker = self.broker.model_copy(update={"client_id": f"moecast-{self.agent_id}"})
+        if self.updates.group is not None and not (self.trusted_keys or self.trust_dev_key):
+            raise ValueError(
+                "updates.group needs trusted_keys: without one no bundle can be accepted"
+            )
         if self.ingest.queue_size <= self.broker.receive_maximum:
             raise ValueError(
                 "ingest.queue_size must exceed broker.receive_maximum, or QoS 1 deliveries "
@@ -310,6 +326,10 @@ class AgentSettings(BaseSettings):
     @property
     def metrics_topic(self) -> str:
         return f"{self.topics.agents}/{self.agent_id}/metrics"
+
+    @property
+    def bundle_status_topic(self) -> str:
+        return f"{self.topics.agents}/{self.agent_id}/bundle"
 
     @property
     def readings_db(self) -> Path:

@@ -47,12 +47,12 @@ class StoreLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    retention_points: int = Field(default=20_000, gt=0)
+    retention_points: int = Field(default=20_000, gt=0)  # newest readings kept per stream
     # Pruning finds the cut-off by walking `retention_points` index entries, so it runs once a
     # stream has had this many inserts since its last prune; a stream holds at most
     # retention_points + prune_slack rows.
     prune_slack: int = Field(default=2_000, gt=0)
-    power_loss_safe: bool = False
+    power_loss_safe: bool = False  # SQLite synchronous=FULL: survives power loss, slower
 
 
 class ReadingStore:

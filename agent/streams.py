@@ -27,10 +27,10 @@ class StreamLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_streams: int = Field(default=2_000, gt=0)
+    max_streams: int = Field(default=2_000, gt=0)  # readings of further streams are rejected
     # About 16 bytes per point: 1000 full streams of 2048 points are ~37 MB.
     max_points: int = Field(default=2_048, gt=0)
-    lateness_s: float = Field(default=300.0, ge=0)
+    lateness_s: float = Field(default=300.0, ge=0)  # later readings are counted and dropped
 
 
 class StreamBuffer:

@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import os
-import shutil
-import tarfile
 import tempfile
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,20 +23,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
 
 from agent.bundle import (
-    BUNDLE_FILES,
     INPUT_NAME,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    SIGNATURE_FILE,
     Golden,
     Manifest,
     load_bundle,
@@ -51,56 +35,20 @@ from model.network import MoecastModel
 from quantization.export import export_onnx
 from quantization.quantize import quantize_int8
 
-Quantization = Literal["fp32", "int8"]
+# Re-exported: the writing side keeps one import for keys, signing and building.
+from quantization.signing import DEV_PRIVATE_KEY as DEV_PRIVATE_KEY
+from quantization.signing import PRIVATE_KEY_FILE as PRIVATE_KEY_FILE
+from quantization.signing import PUBLIC_KEY_FILE as PUBLIC_KEY_FILE
+from quantization.signing import generate_keypair as generate_keypair
+from quantization.signing import load_private_key as load_private_key
+from quantization.signing import write_bundle, write_tar
 
-PRIVATE_KEY_FILE = "signing-key.pem"
-PUBLIC_KEY_FILE = "signing-key.pub.pem"
-# Deliberately public, committed next to its public half: for development bundles only.
-DEV_PRIVATE_KEY = Path(__file__).parent / "dev_key" / "DEV-PRIVATE-KEY.pem"
+Quantization = Literal["fp32", "int8"]
 
 # Golden tolerance, relative to the spread of the golden series. fp32 on another CPU differs
 # by float reassociation only (~1e-6); int8 may also round an activation one quantization step
 # differently on another integer kernel, which later layers can amplify.
 GOLDEN_TOLERANCE: dict[Quantization, float] = {"fp32": 1e-3, "int8": 2e-2}
-
-
-def generate_keypair(
-    directory: str | Path,
-    *,
-    private_name: str = PRIVATE_KEY_FILE,
-    public_name: str = PUBLIC_KEY_FILE,
-) -> tuple[Path, Path]:
-    """Write a new Ed25519 key pair as PEM: the private key readable by its owner only (0600).
-    Refuses to overwrite an existing key. Returns (private, public) paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    private_path, public_path = directory / private_name, directory / public_name
-    for path in (private_path, public_path):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; not overwriting a key")
-    # Created with mode 0600 rather than chmod-ed later: no moment where others can read it.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    public_path.write_bytes(
-        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private_path, public_path
-
-
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """An unencrypted PEM Ed25519 private key, with errors that say what is wrong."""
-    path = Path(path)
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as err:
-        raise ValueError(f"cannot read signing key {path}: {err.strerror}") from None
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path} is not an unencrypted PEM private key: {err}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
 
 
 def golden_input(context_length: int) -> np.ndarray:
@@ -172,42 +120,6 @@ def build_bundle(
     if tar:
         load_bundle(write_tar(out, archive), trusted)
     return out
-
-
-def write_bundle(
-    out: Path, onnx_bytes: bytes, manifest: Manifest, signing_key: Ed25519PrivateKey
-) -> None:
-    """Sign the exact manifest bytes and write the three files; `out` appears complete or not
-    at all (written beside it, then renamed into place)."""
-    document = manifest.to_bytes()
-    contents = {
-        MODEL_FILE: onnx_bytes,
-        MANIFEST_FILE: document,
-        SIGNATURE_FILE: signing_key.sign(document),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, data in contents.items():
-            (staging / name).write_bytes(data)
-        staging.chmod(0o755)  # mkdtemp makes it private to its owner
-        staging.rename(out)  # replaces `out` only if it is an empty directory
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_tar(directory: Path, path: Path) -> Path:
-    """The bundle's three files at the root of an uncompressed tar, as `load_bundle` reads."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name in BUNDLE_FILES:
-            data = (directory / name).read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            archive.addfile(info, io.BytesIO(data))
-    path.write_bytes(buffer.getvalue())
-    return path
 
 
 def _run_onnx(onnx_bytes: bytes, values: np.ndarray) -> dict[str, np.ndarray]:

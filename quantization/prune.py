@@ -3,6 +3,7 @@
     report = prune_for_site(model, series)          # K = "auto": smallest within 2 % MASE
     report = prune_for_site(model, series, keep=4)
     print(report.table()); model.kept_experts       # the model is left pruned
+    prune_by_load(model, load)                      # from agents' expert_load, no series
 
 Layer by layer, the kept set is the one whose output best reconstructs the layer's unpruned
 output on the calibration tokens (as Lu et al. 2024, "Not All Experts are Equal", do for
@@ -248,3 +249,69 @@ def _mase(model: MoecastModel, split: SiteSplit, horizon: int) -> float:
             ]
         )
     return split.mase(median.double().numpy())
+
+
+# prune-for keeps, in every layer, experts that carried this share of the site's routing mass.
+DEFAULT_COVERAGE = 0.99
+
+
+@dataclass(frozen=True)
+class LoadPruning:
+    """Experts kept from a site's reported routing mass (`prune_by_load`)."""
+
+    keep: int
+    kept_experts: list[list[int]]
+    coverage: list[float]  # per layer: the share of the load the kept experts carried
+
+    def table(self) -> str:
+        lines = [f"keep {self.keep} experts per layer", "layer  kept experts  load share"]
+        for layer, (kept, share) in enumerate(zip(self.kept_experts, self.coverage, strict=True)):
+            lines.append(f"{layer:>5}  {kept!s:<12}  {share:>10.2%}")
+        return "\n".join(lines)
+
+
+def prune_by_load(
+    model: MoecastModel,
+    load: np.ndarray,
+    *,
+    keep: int | None = None,
+    coverage: float = DEFAULT_COVERAGE,
+) -> LoadPruning:
+    """Prune `model` in place from routing mass measured elsewhere, e.g. the `expert_load` its
+    agents report (`[n_layers, n_experts]`, summed): the site's readings never leave it.
+
+    Keeps, per layer, the `keep` experts with the most load; `keep=None`: the fewest (at least
+    top_k) that carry `coverage` of every layer's load. Unlike `prune_for_site` this cannot
+    measure the accuracy cost; the agents' trial after the update is the check."""
+    config = model.config
+    if not config.is_sparse:
+        raise ValueError("the dense twin has no experts to prune")
+    load = np.asarray(load, dtype=np.float64)
+    if load.shape != (config.n_layers, config.n_experts):
+        raise ValueError(f"load must be [{config.n_layers}, {config.n_experts}], got {load.shape}")
+    if not np.isfinite(load).all() or (load < 0).any():
+        raise ValueError("load must be finite and non-negative")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    candidates = model.kept_experts
+    n_kept = min(len(kept) for kept in candidates)
+    totals = [load[layer, kept].sum() for layer, kept in enumerate(candidates)]
+    if min(totals) <= 0:
+        raise ValueError("no routing load was reported for some layer: nothing to choose by")
+    if keep is not None and not config.top_k <= keep <= n_kept:
+        raise ValueError(f"keep must be in [top_k={config.top_k}, {n_kept}], got {keep}")
+    ranked = [
+        sorted(kept, key=lambda e, layer=layer: (-load[layer, e], e))
+        for layer, kept in enumerate(candidates)
+    ]
+
+    def shares(k: int) -> list[float]:
+        return [float(load[layer, r[:k]].sum() / totals[layer]) for layer, r in enumerate(ranked)]
+
+    if keep is None:
+        keep = next(
+            (k for k in range(config.top_k, n_kept + 1) if min(shares(k)) >= coverage), n_kept
+        )
+    kept_experts = [sorted(r[:keep]) for r in ranked]
+    model.prune_experts(kept_experts)
+    return LoadPruning(keep, kept_experts, shares(keep))

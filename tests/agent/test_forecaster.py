@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,22 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agent import cli, forecaster
 from agent.bundle import DEV_PUBLIC_KEY, Bundle, load_bundle
-from agent.forecaster import Forecaster, _median_weights, _round_significant
+from agent.forecaster import (
+    STALE_INTERVALS,
+    STALE_MIN_S,
+    Forecaster,
+    GridRow,
+    PayloadEncoder,
+    _decimal_text,
+    _median_weights,
+    _round_significant,
+    _significand,
+)
 from agent.metrics import AgentMetrics
 from agent.readings import Reading, StreamId
 from agent.resample import to_grid
@@ -29,22 +42,36 @@ HORIZONS = (1, 8, 32, 64)
 NOW = 1_764_000_000.0
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_nano_bundle(out: Path, seed: int, model_version: int) -> Path:
     torch = pytest.importorskip("torch", reason="building the test bundle needs torch")
     from model.config import preset
     from model.network import MoecastModel
     from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MoecastModel(preset("nano"))
-    out = tmp_path_factory.mktemp("bundle") / "nano"
-    return build_bundle(model, out, load_private_key(DEV_PRIVATE_KEY))
+    key = load_private_key(DEV_PRIVATE_KEY)
+    return build_bundle(model, out, key, model_version=model_version)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_nano_bundle(tmp_path_factory.mktemp("bundle") / "nano", 0, 1)
+
+
+@pytest.fixture(scope="module")
+def bundle_v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_nano_bundle(tmp_path_factory.mktemp("bundle") / "nano-v2", 1, 2)
 
 
 @pytest.fixture
 def bundle(bundle_dir: Path) -> Bundle:
     return load_bundle(bundle_dir, [DEV_PUBLIC_KEY])
+
+
+@pytest.fixture
+def bundle_v2(bundle_v2_dir: Path) -> Bundle:
+    return load_bundle(bundle_v2_dir, [DEV_PUBLIC_KEY])
 
 
 @pytest.fixture
@@ -95,7 +122,7 @@ def regular(n: int, level: float = 20.0, interval: float = 60.0, seed: int = 0) 
     return [Reading(start + i * interval, level + float(rng.normal())) for i in range(n)]
 
 
-def test_many_streams_share_one_model_run(
+def test_many_streams_share_model_runs(
     bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
 ) -> None:
     registry = StreamRegistry()
@@ -104,7 +131,8 @@ def test_many_streams_share_one_model_run(
     settings = settings_with(tmp_path)
     link, metrics = tick(Forecaster(bundle, settings), registry)
 
-    assert [batch.shape for batch in runs] == [(50, 128)]
+    full, rest = divmod(50, forecaster.MAX_BATCH)
+    assert [batch.shape for batch in runs] == [(forecaster.MAX_BATCH, 128)] * full + [(rest, 128)]
     forecasts = link.on("forecasts/")
     assert sorted(m["topic"] for m in forecasts) == sorted(
         f"forecasts/dev{i}/temp" for i in range(50)
@@ -157,7 +185,8 @@ def test_rows_are_the_streams_grids_left_padded(
         {"pattern": "site/irregular", "interval_s": 30, "context_points": 64},
         {"pattern": "site/short", "interval_s": 60},
     ]
-    link, _ = tick(Forecaster(bundle, settings_with(tmp_path, streams=rules)), registry)
+    fc = Forecaster(bundle, settings_with(tmp_path, streams=rules))
+    link, _ = tick(fc, registry, now=float(ts[-1]) + 30)  # while both streams are fresh
 
     [batch] = runs
     order = [StreamId("site", "irregular"), StreamId("site", "short")]
@@ -253,6 +282,185 @@ def test_the_median_is_the_middle_level_or_interpolated() -> None:
     assert _median_weights(np.array([0.6, 0.9])).tolist() == [1.0, 0.0]  # outside: the nearest
 
 
+# Payload text: numpy writes the numbers, json.dumps is the reference.
+
+DUMPS = {"separators": (",", ":")}
+POSITIONAL_EDGES = [
+    0.0,
+    -0.0,
+    1e-4,  # the smallest magnitude repr writes without an exponent
+    -0.000100000049,
+    0.00099999951,  # rounds up to 0.001: the exponent moves
+    9.999995,
+    999999.5,  # rounds up to 1000000.0
+    123456789.0,
+    9.99999e15,  # the largest 6-digit value below 1e16
+    -98765432.1,
+    20.1234549,
+    1 / 3,
+    100.0,
+    1234.5,
+    0.5,
+    10_000.000001,
+]
+
+
+def in_positional_range(values: np.ndarray) -> np.ndarray:
+    # Subnormal float64s overflow the rounding's power of ten (float32 model outputs cannot).
+    with np.errstate(over="ignore", invalid="ignore"):
+        magnitude = np.abs(_round_significant(values))
+    return (magnitude == 0) | ((magnitude >= 1e-4) & (magnitude < 1e16))
+
+
+decimal_like = st.builds(
+    lambda digits, exponent: digits * 10.0**exponent,
+    st.integers(-(10**7), 10**7),
+    st.integers(-12, 16),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False) | decimal_like, min_size=1))
+@example(POSITIONAL_EDGES)
+def test_numbers_are_written_as_json_writes_them_rounded(values: list[float]) -> None:
+    array = np.array(values, dtype=np.float64)
+    array = array[in_positional_range(array)]
+    if array.size == 0:
+        return
+    _, scaled, decimals = _significand(array)
+    ends = np.zeros(array.size, dtype=np.intp)
+    ends[-1] = 1
+    text = _decimal_text(scaled[None, :], decimals[None, :], ends)
+    expected = json.dumps(_round_significant(array).tolist(), **DUMPS)
+    assert text == expected[1:-1] + "|"
+
+
+def reference_payload(
+    row: GridRow, quantiles: dict[int, np.ndarray], levels: list[float], version: int
+) -> str:
+    """The payload the way the contract reads: a dict, rounded values, one json.dumps."""
+    weights = _median_weights(np.array(levels))
+    horizons = {}
+    for h, q in quantiles.items():
+        steps = row.grid_end + row.interval_s * np.arange(1, h + 1)
+        horizons[str(h)] = {
+            "ts": np.round(steps, 6).tolist(),
+            "median": _round_significant(q @ weights).tolist(),
+            "quantiles": {
+                str(level): column
+                for level, column in zip(levels, _round_significant(q).T.tolist(), strict=True)
+            },
+        }
+    payload = {
+        "stream": str(row.stream),
+        "model_version": version,
+        "issued_at": round(NOW + 0.1234, 3),
+        "interval_s": row.interval_s,
+        "grid_end": row.grid_end,
+        "quantile_levels": levels,
+        "horizons": horizons,
+    }
+    return json.dumps(payload, **DUMPS)
+
+
+@pytest.mark.parametrize(
+    "levels", [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], [0.05, 0.25, 0.75, 0.95]]
+)
+def test_payloads_are_byte_for_byte_what_json_writes(levels: list[float]) -> None:
+    rng = np.random.default_rng(3)
+    n = 40
+    # Each stream on its own scale, from 1e-3 to 1e9; float32 like the model's outputs.
+    scale = 10.0 ** rng.integers(-3, 10, size=(n, 1, 1))
+    quantiles = {
+        h: np.sort(
+            (rng.normal(size=(n, h, len(levels))) * scale).astype(np.float32).astype(np.float64),
+            axis=-1,
+        )
+        for h in HORIZONS
+    }
+    quantiles[8][1] = 0.0  # all zeros
+    quantiles[32][2, 5] = np.sort(rng.choice(POSITIONAL_EDGES, len(levels)) + 0.0)
+    quantiles[1][3, 0, 0] = -3e-7  # repr writes an exponent: this stream goes through json
+    quantiles[64][4, -1, -1] = 2.5e17  # and so does this one
+    rows = [
+        GridRow(
+            StreamId(f"dev{i}", "temp"),
+            [60.0, 0.25, 7.3, 3600.0][i % 4],
+            NOW - 60.0 * (i % 3) + [0.0, 0.75][i % 2],
+            np.zeros(1, dtype=np.float32),
+            [],
+        )
+        for i in range(n)
+    ]
+    encoder = PayloadEncoder(HORIZONS, levels)
+    payloads = encoder.encode(rows, quantiles, NOW + 0.1234, 7)
+    for i, (row, payload) in enumerate(zip(rows, payloads, strict=True)):
+        mine = {h: q[i] for h, q in quantiles.items()}
+        assert payload == reference_payload(row, mine, levels, 7), f"row {i}"
+
+
+# Staleness.
+
+
+def test_streams_silent_too_long_are_skipped_as_stale(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    registry.insert(StreamId("a", "fresh"), regular(100))  # newest: one interval ago
+    silent_s = STALE_INTERVALS * 60.0 + 10  # past "auto" for a 60 s stream (16 intervals)
+    registry.insert(StreamId("a", "silent"), [Reading(t - silent_s, v) for t, v in regular(100)])
+    # A 1 s stream silent for 5 minutes: 300 intervals, but within the auto floor of 600 s.
+    fast = [Reading(NOW - 300 - 100 + i, 1.0 * i) for i in range(100)]
+    registry.insert(StreamId("a", "fast"), fast)
+    assert STALE_INTERVALS * 60.0 > STALE_MIN_S > 300
+
+    fc = Forecaster(bundle, settings_with(tmp_path))
+    link, metrics = tick(fc, registry)
+    assert sorted(m["topic"] for m in link.on("forecasts/")) == [
+        "forecasts/a/fast",
+        "forecasts/a/fresh",
+    ]
+    assert metrics.snapshot()["forecast_skipped"] == {"stale": 1}
+    assert [batch.shape[0] for batch in runs] == [2]
+
+    # The stream is forecast again as soon as it reports again.
+    registry.insert(StreamId("a", "silent"), [Reading(NOW - 30, 20.0)])
+    link, metrics = tick(fc, registry)
+    assert len(link.on("forecasts/")) == 3
+    assert metrics.snapshot()["forecast_skipped"] == {}
+
+    # A configured cutoff applies to every stream, whatever its interval.
+    strict = Forecaster(bundle, settings_with(tmp_path, forecast={"stale_after_s": 120}))
+    link, metrics = tick(strict, registry)
+    assert sorted(m["topic"] for m in link.on("forecasts/")) == [
+        "forecasts/a/fresh",
+        "forecasts/a/silent",
+    ]
+    assert metrics.snapshot()["forecast_skipped"] == {"stale": 1}  # the fast one, 301 s ago
+
+
+# Swapping the model.
+
+
+def test_use_bundle_swaps_the_model_from_the_next_tick(
+    bundle: Bundle, bundle_v2: Bundle, tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    registry.insert(StreamId("boiler", "temp"), regular(200))
+    fc = Forecaster(bundle, settings_with(tmp_path))
+    [before] = tick(fc, registry)[0].on("forecasts/")
+    fc.use_bundle(bundle_v2)
+    assert (fc.bundle, fc.model_version) == (bundle_v2, 2)
+    [after] = tick(fc, registry)[0].on("forecasts/")
+    assert (before["payload"]["model_version"], after["payload"]["model_version"]) == (1, 2)
+    # A different model (another seed), so different numbers: the new bundle really ran.
+    assert before["payload"]["horizons"] != after["payload"]["horizons"]
+
+    fc.bundle = bundle  # plain assignment swaps everything too
+    [again] = tick(fc, registry)[0].on("forecasts/")
+    assert again["payload"] == {**before["payload"]}
+
+
 # End to end: a real broker, the agent with its forecaster ticking twice a second.
 
 
@@ -277,7 +485,8 @@ def test_readings_in_forecasts_and_alerts_out(
 ) -> None:
     rule = {"name": "hot", "above": 50, "within_steps": 4, "probability": 0.5}
     forecasting_agent(
-        forecast={"cadence_s": 0.5},
+        # The readings below lie up to an hour back: not stale for this test.
+        forecast={"cadence_s": 0.5, "stale_after_s": 86_400},
         streams=[{"pattern": "boiler/*", "interval_s": 10, "context_points": 16, "alerts": [rule]}],
     )
     watcher = client_factory("watcher")
@@ -324,6 +533,65 @@ def test_readings_in_forecasts_and_alerts_out(
         lambda: payloads(watcher, "alerts/boiler/temp")[-1]["state"] == "cleared",
         what="the alert to clear",
     )
+
+
+def test_a_new_model_version_is_republished_on_the_status_topic(
+    start_agent: Callable[..., Agent],
+    bundle: Bundle,
+    bundle_v2: Bundle,
+    client_factory: Callable[[str], Client],
+) -> None:
+    status_topic = "moecast/agents/test-agent/status"
+    watcher = client_factory("watcher")
+    watcher.subscribe(status_topic)
+    watcher.subscribe("forecasts/#")
+    made: list[Forecaster] = []
+
+    def make(settings: AgentSettings) -> Forecaster:
+        made.append(Forecaster(bundle, settings))
+        return made[-1]
+
+    agent = start_agent(on_tick_for=make, model_version="1", forecast={"cadence_s": 0.5})
+    [fc] = made
+
+    def statuses() -> list[tuple[str, str | None]]:
+        return [(s["state"], s["model_version"]) for s in payloads(watcher, status_topic)]
+
+    wait_for(lambda: statuses() == [("online", "1")], what="the first status")
+    publisher = client_factory("publisher")
+    start = float(int(time.time()) - 200)
+    publisher.wait_acked(
+        {publisher.publish_reading("sensors/pump/rpm", start + 10 * i, i % 7) for i in range(20)}
+    )
+
+    def forecast_versions() -> list[int]:
+        return [f["model_version"] for f in payloads(watcher, "forecasts/pump/rpm")]
+
+    wait_for(lambda: 1 in forecast_versions(), what="a forecast of version 1")
+
+    fc.use_bundle(bundle_v2)
+    agent.link.set_model_version(str(fc.model_version))
+    wait_for(lambda: statuses()[-1] == ("online", "2"), what="the status of version 2")
+    wait_for(lambda: forecast_versions()[-1] == 2, what="a forecast of version 2")
+    late = client_factory("late")
+    late.subscribe(status_topic)
+    [(_, retained_payload, retained)] = wait_for(lambda: late.received, what="the retained status")
+    assert retained
+    assert json.loads(retained_payload)["model_version"] == "2"
+
+    agent.link.set_model_version("2")  # unchanged: nothing to republish
+    time.sleep(0.3)
+    assert statuses() == [("online", "1"), ("online", "2")]
+
+    # The broker holds the will sent with the connection (MQTT cannot change it later): a
+    # connection dropped without a DISCONNECT reports the version of its connect; the
+    # reconnect sends the new will, which the next drop reports.
+    for will_version in (None, "2"):
+        agent.link._client.socket().shutdown(socket.SHUT_RDWR)
+        wait_for(
+            lambda v=will_version: statuses()[-2:] == [("offline", v), ("online", "2")],
+            what=f"the will of version {will_version}, then online again",
+        )
 
 
 # The CLI: which bundle, and what happens when it is unusable.

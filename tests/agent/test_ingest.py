@@ -183,7 +183,9 @@ class FlakyStore(ReadingStore):
 
 
 def make_worker(
-    store: ReadingStore, acknowledger: RecordingAcknowledger
+    store: ReadingStore,
+    acknowledger: RecordingAcknowledger,
+    settings: IngestSettings | None = None,
 ) -> tuple[IngestWorker, Inbox, AgentMetrics]:
     inbox: Inbox = queue.Queue(100)
     metrics = AgentMetrics()
@@ -193,7 +195,7 @@ def make_worker(
         StreamRegistry(StreamLimits()),
         acknowledger,
         metrics,
-        IngestSettings(),
+        settings or IngestSettings(),
         "sensors",
         PayloadLimits(),
     )
@@ -237,6 +239,33 @@ def test_stop_gives_up_on_a_store_that_keeps_failing_without_acking(tmp_path: Pa
     assert time.monotonic() - started < 2
     assert not worker.alive
     assert acknowledger.acked == []
+
+
+def test_a_batch_is_bounded_by_its_payload_bytes(tmp_path: Path) -> None:
+    acknowledger = RecordingAcknowledger()
+    store = ReadingStore(tmp_path / "readings.db")
+    messages = [
+        InboundMessage(
+            "sensors/d/s",
+            json.dumps([{"ts": NOW + 10 * mid + j, "value": j} for j in range(10)]).encode(),
+            NOW,
+            mid,
+            1,
+            connection=1,
+        )
+        for mid in range(1, 7)
+    ]
+    # Room for one message and a bit: a batch stops after the message that crosses the bound.
+    bound = IngestSettings(batch_max_bytes=len(messages[0].payload) + 1)
+    worker, inbox, metrics = make_worker(store, acknowledger, bound)
+    for item in messages:
+        inbox.put(item)  # all queued before the writer starts: one batch could take them all
+    worker.start()
+    assert worker.flush(5)
+    snapshot = metrics.snapshot()
+    assert (snapshot["batches"], snapshot["readings_accepted"]) == (3, 60)
+    assert acknowledger.acked == [1, 2, 3, 4, 5, 6]
+    assert worker.stop(5)
 
 
 def test_rate_limited_log_reports_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:

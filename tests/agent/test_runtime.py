@@ -70,6 +70,7 @@ def test_restart_restores_buffers_from_sqlite(
     settings = agent_settings(broker, tmp_path / "agent")
     agent = Agent(settings)
     agent.start()
+    assert agent.link.wait_connected(10)  # subscribed before the first reading is sent
     publisher = client_factory("publisher")
     publisher.wait_acked(
         {publisher.publish_reading("sensors/a/b", BASE_TS + i, i) for i in range(5)}

@@ -31,10 +31,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) files."""
+def make_ca_and_server_cert(
+    directory: Path, ca_key: ec.EllipticCurvePrivateKey | None = None
+) -> tuple[Path, Path, Path]:
+    """A CA (with `ca_key`, or a new key) and a server certificate for 127.0.0.1 signed by it:
+    (ca, cert, key) files."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = ca_key or ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moecast test CA")])
     ca = (
         x509.CertificateBuilder()
@@ -150,3 +153,95 @@ def test_a_wrong_password_is_refused_and_logged(
         finally:
             agent.stop()
     assert "wrong" not in caplog.text
+
+
+def test_a_broker_certificate_from_another_ca_is_refused(
+    secure_broker: tuple[Broker, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, _ = secure_broker
+    elsewhere = tmp_path / "other-ca"
+    elsewhere.mkdir()
+    other_ca, _, _ = make_ca_and_server_cert(elsewhere)
+    settings = agent_settings(
+        broker,
+        tmp_path / "agent",
+        broker={"tls": {"ca_file": other_ca}, "username": USER, "password": PASSWORD},
+    )
+    agent = Agent(settings)
+    with caplog.at_level(logging.WARNING, "agent.mqtt"):
+        agent.start()
+        try:
+            wait_for(lambda: "cannot reach the broker" in caplog.text, what="the failure logged")
+            assert not agent.link.wait_connected(1.0)
+        finally:
+            agent.stop()
+    assert PASSWORD not in caplog.text
+
+
+def _client_cert(
+    directory: Path, ca_pem: Path, ca_key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
+    """A client certificate for `edge-7`, issued by the CA: (cert, key) files."""
+    ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-7")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "client.pem", directory / "client.key"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(_key_pem(key))
+    return paths
+
+
+def test_mutual_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    """The broker requires a client certificate and takes its common name as the user name
+    (how the ACL in firmware_configs/ confines each device); without one the agent is
+    refused."""
+    if MOSQUITTO is None:
+        pytest.skip("the mosquitto broker binary is not installed (apt-get install mosquitto)")
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca, cert, key = make_ca_and_server_cert(directory, ca_key)
+    client_cert, client_key = _client_cert(directory, ca, ca_key)
+    broker = Broker(
+        directory,
+        security=(
+            f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+        ),
+    )
+    broker.url = f"mqtts://127.0.0.1:{broker.port}"
+    broker.start()
+    try:
+        tls = {"ca_file": ca, "cert_file": client_cert, "key_file": client_key}
+        # Distinct client ids: the broker would otherwise let one connection take the other's.
+        with_cert = Agent(
+            agent_settings(broker, tmp_path / "a", agent_id="edge-7", broker={"tls": tls})
+        )
+        without = Agent(
+            agent_settings(
+                broker, tmp_path / "b", agent_id="edge-8", broker={"tls": {"ca_file": ca}}
+            )
+        )
+        with_cert.start()
+        without.start()
+        try:
+            assert with_cert.link.wait_connected(10)
+            assert not without.link.wait_connected(1.0)
+        finally:
+            with_cert.stop()
+            without.stop()
+    finally:
+        broker.stop()

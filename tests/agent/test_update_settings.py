@@ -1,0 +1,43 @@
+"""`updates:` settings: no fleet group without a trusted key, and names that stay names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent.bundle import DEV_PUBLIC_KEY
+from agent.settings import load_settings
+
+
+def test_updates_are_off_by_default(tmp_path: Path) -> None:
+    settings = load_settings(None, storage_dir=tmp_path)
+    assert settings.updates.group is None
+    assert settings.bundle_status_topic == f"moecast/agents/{settings.agent_id}/bundle"
+
+
+def test_a_group_needs_a_trusted_key(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs trusted_keys"):
+        load_settings(None, storage_dir=tmp_path, updates={"group": "site-7"})
+    assert (
+        load_settings(
+            None, storage_dir=tmp_path, updates={"group": "site-7"}, trusted_keys=[DEV_PUBLIC_KEY]
+        ).updates.group
+        == "site-7"
+    )
+    # The development key counts only when explicitly enabled.
+    assert load_settings(
+        None, storage_dir=tmp_path, updates={"group": "site-7"}, trust_dev_key=True
+    ).trust_dev_key
+
+
+@pytest.mark.parametrize("group", ["../etc", "a/b", "+", "#", "", "x" * 65])
+def test_a_group_is_a_single_safe_topic_level(tmp_path: Path, group: str) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(None, storage_dir=tmp_path, trust_dev_key=True, updates={"group": group})
+
+
+def test_the_fleet_prefix_has_no_wildcards(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="wildcards"):
+        load_settings(None, storage_dir=tmp_path, topics={"fleet": "moecast/+"})

@@ -51,6 +51,12 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
         int8_path,
         op_types_to_quantize=["MatMul"],
         per_channel=True,
+        # 7-bit weights: x86 CPUs without VNNI (AVX2 only, as on many gateways) multiply
+        # u8 activations by s8 weights with VPMADDUBSW, whose int16 pair sums saturate at full
+        # range; the same bundle then forecasts differently from CPU to CPU (measured on the
+        # shipped `edge`: 6x the error of a VNNI machine, and a failed golden check). With
+        # reduce_range every CPU computes the same exact integer sums.
+        reduce_range=True,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=float_nodes(model),
     )

@@ -6,7 +6,7 @@ CSV    ?= ../shared/data/ett/ETTh1.csv
 COLUMN ?= OT
 HORIZON ?= 96
 
-.PHONY: install install-dev forecast test lint clean
+.PHONY: install install-demo install-dev demo forecast test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,22 @@ $(VENV)/.installed-train: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[train]'
 	touch $@
 
+# The edge install plus matplotlib for the demo's plot: no torch.
+$(VENV)/.installed-demo: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
 $(VENV)/.installed-dev: $(VENV)/.installed-train
 	$(BIN)/pip install -q -e '.[train,export,bench,metrics,dev]'
 	touch $@
 
 install: $(VENV)/.installed-train
+install-demo: $(VENV)/.installed-demo
 install-dev: $(VENV)/.installed-dev
+
+## See it work: a simulated site, a broker and the agent; writes demo-report.json and .png.
+demo: install-demo
+	$(BIN)/moecast demo $(DEMO_ARGS)
 
 ## The main job: forecast the last HORIZON points of a CSV column with the shipped model and score it.
 forecast: install

@@ -2,11 +2,14 @@
 
 Exit status: 0 after a clean stop or a valid `--check`; 1 when the agent cannot open its store
 or fails while running (its writer thread died); 2 for invalid settings or a bundle that fails
-verification.
+verification. `--health` (a container's health check): 0 while the running agent's heartbeat
+file (agent.heartbeat) is fresh, 1 otherwise.
 
 The bundle is `bundle_path`, else the default one shipped in `agent/default_bundle/`. That one
 is signed with the development key, so it is used only with `trust_dev_key: true`; without it,
 or while the directory is empty, the agent ingests and stores readings but forecasts nothing.
+A model installed by a fleet update (`updates.group`, agent.updates) takes precedence over both
+once committed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic_settings import SettingsError
 
 from agent.bundle import DEV_PUBLIC_KEY, MANIFEST_FILE, BundleError, load_bundle
 from agent.forecaster import Forecaster
+from agent.heartbeat import HEARTBEAT_FILE, Heartbeat, check
 from agent.metrics import PrometheusError
 from agent.runtime import Agent
 from agent.settings import (
@@ -33,6 +37,7 @@ from agent.settings import (
     describe_settings_error,
     load_settings,
 )
+from agent.updates import UpdateManager, open_slots
 
 log = logging.getLogger("agent")
 
@@ -51,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="validate the settings, print them as YAML (secrets masked) and exit",
     )
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="exit 0 if the agent using these settings is beating (its heartbeat file), else 1",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(settings.effective_yaml(), end="")
         return 0
+    if args.health:
+        healthy, why = check(settings.storage_dir / HEARTBEAT_FILE)
+        print(why)
+        return 0 if healthy else 1
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -78,31 +92,41 @@ def serve(settings: AgentSettings) -> int:
         stop.set()
 
     try:
-        forecaster = _forecaster_or_none(settings)
+        # A model installed by a fleet update (a committed slot) comes first.
+        slots, installed, interrupted = open_slots(settings)
+        forecaster = Forecaster(installed, settings) if installed else _forecaster_or_none(settings)
+        updates = UpdateManager(settings, forecaster, slots, interrupted)
     except BundleError as err:
         print(f"error: bundle rejected: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: cannot open the model slots: {err}", file=sys.stderr)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        agent = Agent(settings, on_tick=forecaster)
+        agent = Agent(settings, on_tick=updates.on_tick)
     except (OSError, sqlite3.Error) as err:
         print(f"error: cannot open the store in {settings.storage_dir}: {err}", file=sys.stderr)
         return 1
-    if forecaster is not None:
-        agent.link.model_version = str(forecaster.model_version)
+    updates.attach(agent)
     try:
         agent.start()
+        updates.start()
     except PrometheusError as err:
         print(f"error: {err}", file=sys.stderr)
         agent.stop()
         return 2
     status = 0
+    heartbeat = Heartbeat(settings.storage_dir / HEARTBEAT_FILE)
     while not stop.wait(_HEALTH_CHECK_S):
         if not agent.healthy:
             log.critical("the ingest writer thread died; stopping")
             status = 1
             break
+        heartbeat.beat(agent.link.connected.is_set())
+    heartbeat.stop()
+    updates.stop()
     agent.stop()
     return status
 

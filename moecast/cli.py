@@ -32,8 +32,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
     Command("finetune", "adapt a checkpoint to your own series", "model.finetune"),
     Command("agent", "run the edge agent on MQTT sensor streams", "agent.cli"),
+    Command("demo", "a simulated site, a broker and the agent: see it work", "agent.demo.cli"),
     Command("export", "export a checkpoint as a signed edge bundle", "quantization.cli_export"),
     Command("experts", "which experts fire for which kinds of series", "quantization.cli_experts"),
+    Command("fleet", "sign, publish and track model updates for agents", "quantization.cli_fleet"),
 )
 
 

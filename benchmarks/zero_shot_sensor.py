@@ -3,6 +3,7 @@
     pip install 'moecast[train,bench]'
     python benchmarks/zero_shot_sensor.py                                   # shipped weights
     python benchmarks/zero_shot_sensor.py --model dense=runs/dense/last --windows 8
+    python benchmarks/zero_shot_sensor.py --hold-ablation --no-baselines --sources pretrain
 
 Real sensor series never trained on (NAB realKnownCause and realTraffic, UCI occupancy and
 air quality), raw scale, horizons 1, 8, 32, 64. For each series, `--windows` forecast origins
@@ -15,6 +16,10 @@ series whose targets are near zero or flat cannot dominate the table. Scores are
 `SCORE_FLOOR` (a thousandth of the naive error) before the geometric mean: an exact forecast of a
 flat stretch (an idle relay, an empty room) counts as that floor for every model alike, instead
 of being left out or, at 1e-9, outweighing every other series.
+
+`--hold-ablation` adds the same checkpoint without hold decoding (`network.hold_decode`);
+`--sources pretrain` scores the pretraining series instead (seen in training: only for
+comparisons between decodings of one model, never against the benchmark).
 """
 
 from __future__ import annotations
@@ -29,8 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from model.baselines import statsforecast_baselines
+from model.checkpoint import load_checkpoint
 from model.cli_forecast import SHIPPED_WEIGHTS
-from model.data.corpus import SENSOR_BENCHMARK_SOURCES, default_data_root, load_corpus
+from model.data.corpus import (
+    PRETRAIN_SOURCES,
+    SENSOR_BENCHMARK_SOURCES,
+    default_data_root,
+    load_corpus,
+)
 from model.forecast import Forecaster
 from model.metrics import geometric_mean, mae, seasonal_scale, weighted_quantile_loss
 
@@ -85,6 +96,10 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=4, help="forecast origins per series")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument(
+        "--hold-ablation", action="store_true", help="also score the model without hold decoding"
+    )
+    parser.add_argument("--sources", choices=("sensor", "pretrain"), default="sensor")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -100,8 +115,11 @@ def main() -> int:
     for spec in args.model:
         name, _, path = spec.partition("=")
         models[name] = Forecaster.from_pretrained(path)
+    if args.hold_ablation:
+        models["no-hold"] = Forecaster(load_checkpoint(args.checkpoint, hold_decoding=False))
 
-    series = load_corpus(root, SENSOR_BENCHMARK_SOURCES)
+    sources = SENSOR_BENCHMARK_SOURCES if args.sources == "sensor" else PRETRAIN_SOURCES
+    series = load_corpus(root, sources)
     print(f"$ python {' '.join(sys.argv)}")
     # (model, drop, horizon) -> one score per series
     mase_of: dict[tuple, list[float]] = defaultdict(list)

@@ -44,14 +44,17 @@ def save_checkpoint(
     return directory
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> MoecastModel:
-    """Rebuild the model from a checkpoint directory, in eval mode."""
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu", **overrides: Any
+) -> MoecastModel:
+    """Rebuild the model from a checkpoint directory, in eval mode. `overrides` change config
+    fields that hold no weights (e.g. `hold_decoding=False`)."""
     directory = Path(directory)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a moecast checkpoint: {name} is missing")
     document = json.loads((directory / CONFIG_FILE).read_text())
-    config = ModelConfig.from_json(json.dumps(document["config"]))
+    config = ModelConfig.from_json(json.dumps(document["config"])).replace(**overrides)
     model = MoecastModel(config)
     model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(device)), strict=True)
     if KEPT_EXPERTS_KEY in document:

@@ -38,6 +38,10 @@ class ModelConfig:
     # Each head adds a learned per-step multiple of the last observed (normalised) value to its
     # output, so persistence is one weight away. False in checkpoints written before it existed.
     last_value_skip: bool = False
+    # Decode sample-and-hold behaviour exactly (`network.hold_decode`): where the context shows
+    # the value unchanged k steps later in over half of its pairs, the k-step quantiles whose
+    # levels that atom must cover are the last value itself. Decoding only: no weights.
+    hold_decoding: bool = True
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -261,6 +261,47 @@ def last_observed(z: Tensor, observed: Tensor, patch_len: int) -> Tensor:
     return torch.where(last >= 0, value, 0.0)
 
 
+def hold_probability(values: Tensor, observed: Tensor, horizon: int) -> Tensor:
+    """`[batch, horizon]`: for each lag k = 1 .. horizon, the share of the context's observed
+    pairs k steps apart whose values are exactly equal (0 where there is no such pair).
+
+    Sensors that report on change, hold their last reading, or take a few discrete states
+    (occupancy, relays, coarse ADC steps) repeat values exactly; continuous ones almost never.
+    One gather of `[batch, horizon, length]` rather than a loop, so the ONNX graph stays small.
+    """
+    length = values.shape[1]
+    # A zero computed from the input: built from constants alone, the index table below would
+    # be folded into the exported graph, 256 KB of int64 in every bundle.
+    zero = observed[:1, :1].sum() * 0
+    lag = torch.arange(1, horizon + 1, device=values.device)[:, None] + zero
+    later = torch.arange(length, device=values.device)[None, :] + lag  # [horizon, length]
+    inside = later < length
+    later = later.clamp_max(length - 1)
+    pairs = observed[:, None, :] & observed[:, later] & inside
+    same = pairs & (values[:, later] == values[:, None, :])
+    return same.sum(-1).to(values.dtype) / pairs.sum(-1).clamp_min(1).to(values.dtype)
+
+
+def hold_decode(quantiles: Tensor, last: Tensor, held: Tensor, levels: Tensor) -> Tensor:
+    """Quantiles `[batch, h, n_levels]` of a forecast whose step k repeats `last` `[batch]`
+    exactly with probability `held[:, k]` (`hold_probability`).
+
+    The predictive distribution then has an atom of mass p at the last value. Whatever the rest
+    of the distribution, when p > 1/2 the atom covers every level in [1 - p, p] (the median
+    among them), so those quantiles are the last value exactly; the others keep the network's
+    value, clipped to their side of it. A quantile head alone can only come close to an atom,
+    and on a held sensor "close" is all of its error.
+    """
+    p = held[..., None]
+    atom = last[:, None, None].expand_as(quantiles)
+    clipped = torch.where(
+        levels < 1 - p,
+        torch.minimum(quantiles, atom),
+        torch.where(levels > p, torch.maximum(quantiles, atom), atom),
+    )
+    return torch.where(p > 0.5, clipped, quantiles)
+
+
 class QuantileHead(nn.Module):
     def __init__(
         self, d_model: int, horizon: int, n_quantiles: int, anchor: int, last_value_skip: bool
@@ -370,15 +411,22 @@ class MoecastModel(nn.Module):
     def predict(self, values: Tensor) -> dict[int, Tensor]:
         """Raw-scale quantile forecasts from the end of `values`: `{h: [batch, h, n_quantiles]}`.
 
-        Rows with no observed value get NaN.
+        Rows with no observed value get NaN. With `hold_decoding`, steps a held sensor repeats
+        (`hold_decode`) give the last value exactly.
         """
+        cfg = self.config
         out = self.forward(values, last_only=True)
         empty = out.token_observed.any(-1).logical_not()[:, None, None]
         scale, loc = out.scale[:, :, None], out.loc[:, :, None]
-        return {
-            h: torch.where(empty, torch.nan, q[:, 0] * scale + loc)
-            for h, q in out.forecasts.items()
-        }
+        forecasts = {h: q[:, 0] * scale + loc for h, q in out.forecasts.items()}
+        if cfg.hold_decoding:
+            observed = ~torch.isnan(values)
+            filled = torch.where(observed, values, 0.0)
+            last = last_observed(filled, observed, cfg.patch_len)[:, -1]
+            held = hold_probability(values, observed, cfg.max_horizon)
+            levels = torch.tensor(cfg.quantiles, dtype=values.dtype, device=values.device)
+            forecasts = {h: hold_decode(q, last, held[:, :h], levels) for h, q in forecasts.items()}
+        return {h: torch.where(empty, torch.nan, q) for h, q in forecasts.items()}
 
     @property
     def kept_experts(self) -> list[list[int]]:

@@ -244,3 +244,47 @@ def test_the_skip_starts_at_zero_and_old_configs_load_without_it():
     )
     assert not legacy.last_value_skip
     assert all(h.last_value_gain is None for h in MoecastModel(legacy).heads.values())
+
+
+# --- hold decoding --------------------------------------------------------------------------
+
+
+def test_hold_probability_counts_equal_observed_pairs_per_lag_by_hand():
+    from model.network import hold_probability
+
+    x = torch.tensor([[1.0, 1.0, 2.0, 2.0, float("nan"), 2.0]])
+    got = hold_probability(x, ~torch.isnan(x), horizon=3)
+    # lag 1: (1,1) (1,2) (2,2) equal in 2 of 3 observed pairs; lag 2: (1,2) (1,2) (2,2) 1 of 3;
+    # lag 3: (1,2) (2,2), the pair (1,nan) skipped: 1 of 2
+    torch.testing.assert_close(got, torch.tensor([[2 / 3, 1 / 3, 1 / 2]]))
+    assert hold_probability(x[:, :1], torch.ones(1, 1, dtype=torch.bool), 2).eq(0).all()
+
+
+def test_hold_decode_puts_the_levels_the_atom_covers_on_the_last_value():
+    from model.network import hold_decode
+
+    levels = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    q = torch.tensor([[[9.0, 9.5, 10.2, 10.6, 12.0], [9.0, 9.5, 10.2, 10.6, 12.0]]])
+    held = torch.tensor([[0.75, 0.4]])  # step 1 held 75 % of the time, step 2 40 %
+    out = hold_decode(q, torch.tensor([10.0]), held, levels)
+    # step 1: levels in [0.25, 0.75] are the atom; 0.1 stays below it, 0.9 above it
+    assert out[0, 0].tolist() == [9.0, 10.0, 10.0, 10.0, 12.0]
+    assert out[0, 1].tolist() == q[0, 1].tolist()  # under 1/2: the network's quantiles
+    clipped = hold_decode(q + 5, torch.tensor([10.0]), held, levels)
+    assert clipped[0, 0].tolist() == [10.0, 10.0, 10.0, 10.0, 17.0]  # never crossing the atom
+
+
+def test_a_held_sensor_gets_its_last_value_exactly_and_a_continuous_one_is_untouched(nano):
+    from model.config import preset
+
+    x = series(2, 128)
+    x[0] = torch.where(torch.arange(128) < 100, 1.0, 0.0)  # an occupancy flag: empty since 100
+    x[0, 120] = float("nan")
+    plain = MoecastModel(preset("nano", hold_decoding=False)).eval()
+    plain.load_state_dict(nano.state_dict())
+    held, free = nano.predict(x), plain.predict(x)
+    median = nano.config.median_index
+    for h in nano.config.horizons:
+        assert held[h][0, :, median].eq(0.0).all(), h
+        torch.testing.assert_close(held[h][1], free[h][1])
+    assert not free[1][0, :, median].eq(0.0).all()  # the network alone only comes close

@@ -123,3 +123,14 @@ def test_no_trace_metadata_is_shipped(nano_fp32):
     proto = onnx.load(nano_fp32)
     assert not any(node.metadata_props for node in proto.graph.node)
     assert b"network.py" not in nano_fp32.read_bytes()  # no stack traces
+
+
+def test_a_held_sensor_gets_its_last_value_exactly_in_the_graph(nano, nano_fp32):
+    values = holed_series(2, nano.config.context_length)
+    values[0] = np.where(np.arange(values.shape[1]) < 20, 21.5, 22.0)  # held since point 20
+    values[0, -3] = np.nan
+    got, want = run_onnx(nano_fp32, values), reference(nano, values)
+    median = nano.config.median_index
+    for name in FORECASTS:
+        np.testing.assert_array_equal(got[name][0, :, median], values[0, -1])
+        assert np.abs(got[name] - want[name]).max() < 1e-4

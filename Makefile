@@ -6,7 +6,7 @@ CSV    ?= ../shared/data/ett/ETTh1.csv
 COLUMN ?= OT
 HORIZON ?= 96
 
-.PHONY: install install-demo install-dev demo forecast test lint clean
+.PHONY: install install-demo install-dev demo forecast test lint default-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: install-dev
 	@command -v mosquitto >/dev/null || { command -v apt-get >/dev/null && \
 		(apt-get install -y -q mosquitto >/dev/null 2>&1 || sudo apt-get install -y -q mosquitto >/dev/null 2>&1) ; } || true
 	$(BIN)/python -m pytest -q
+
+## Rebuild agent/default_bundle from model/weights/edge (int8, signed with the development key).
+default-bundle: install-dev
+	rm -rf build/default_bundle
+	$(BIN)/moecast export --checkpoint model/weights/edge --out build/default_bundle \
+		--quantize int8 --dev-key --model-version 1
+	cp build/default_bundle/* agent/default_bundle/
 
 lint: install-dev
 	$(BIN)/ruff check .

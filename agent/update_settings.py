@@ -25,8 +25,10 @@ class UpdateSettings(BaseModel):
     trial_max_crossing_share: float = Field(default=0.01, ge=0.0, le=1.0)
     # Largest model accepted, checked against the signed announcement before any download.
     max_bundle_bytes: int = Field(default=DEFAULT_MAX_BUNDLE_BYTES, gt=0)
-    # Largest fleet message (a chunk or the announcement), dropped unread on the network
-    # thread when larger: a hostile publisher cannot fill a small device's memory.
+    # Largest fleet message (a chunk or the announcement), dropped on the network thread when
+    # larger, before it is queued or parsed: a flood of them cannot pile up in the agent. paho
+    # has read each one by then; the broker's `max_packet_size` bounds that
+    # (firmware_configs/mosquitto.conf).
     max_message_bytes: int = Field(default=2 * 2**20, gt=0)
     # How long after an announcement its chunks may take to arrive before it is rejected.
     download_timeout_s: float = Field(default=600.0, gt=0)

@@ -155,7 +155,8 @@ class UpdateManager:
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(self._config.queue_size)
         self._reassembler = Reassembler(self._config.max_bundle_bytes)
         self._lock = threading.Lock()  # guards _ready, _trial, _deferred
-        self._ready: tuple[Bundle, str] | None = None  # verified, waiting for the next tick
+        # Verified and loaded (bundle, manifest sha256, slot), waiting for the next tick.
+        self._ready: tuple[Bundle, str, str] | None = None
         self._trial: _Trial | None = None
         self._deferred: VerifiedAnnouncement | None = None
         self._handled: deque[bytes] = deque(maxlen=_REMEMBERED_TRANSFERS)
@@ -210,10 +211,7 @@ class UpdateManager:
     # The tick thread.
 
     def on_tick(self, context: TickContext) -> None:
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self._swap_in(*ready)
+        self._swap_in_ready()
         forecaster = self.forecaster
         if forecaster is None:
             return
@@ -242,10 +240,20 @@ class UpdateManager:
                 self._trial = None
             self._report("committed", trial.bundle.manifest.model_version)
 
-    def _swap_in(self, bundle: Bundle, manifest_sha256: str) -> None:
+    def _swap_in_ready(self) -> None:
+        """Start the trial of a model the update thread made ready. Taken and begun in one
+        critical section: the update thread must never see neither a ready model nor a trial
+        (it would start the next update over this one's rollback slot)."""
         previous = self.forecaster.bundle if self.forecaster is not None else None
         with self._lock:
+            if self._ready is None:
+                return
+            (bundle, manifest_sha256, slot), self._ready = self._ready, None
             self._trial = _Trial(bundle, previous, manifest_sha256)
+        # On disk only now: a restart before this tick keeps the old model committed, and the
+        # retained announcement brings the new one again, instead of failing a model that
+        # never ran.
+        self.slots.begin_trial(slot)
         self._use(bundle)
         self._report("active", bundle.manifest.model_version)
 
@@ -291,16 +299,20 @@ class UpdateManager:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                topic, payload = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                pass
-            else:
-                try:
-                    self._handle(topic, payload)
-                except Exception:
-                    log.exception("failed to handle a fleet message")
-            self._check_timeout()
-            self._resume_deferred()
+                self._step()
+            except Exception:
+                # A message that breaks a check, or a full disk, must not end updates for good.
+                log.exception("fleet update step failed")
+
+    def _step(self) -> None:
+        try:
+            topic, payload = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            pass
+        else:
+            self._handle(topic, payload)
+        self._check_timeout()
+        self._resume_deferred()
 
     def _handle(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -323,13 +335,21 @@ class UpdateManager:
             return
         try:
             download = self._reassembler.add(chunk)
-        except ChunkChecksumError as err:
-            self._abandon(err)
+        except ChunkChecksumError:
+            # Dropped, not fatal: anyone who saw the announcement could otherwise cancel the
+            # real download with one junk chunk. A chunk that never comes times out instead.
+            self._count("fleet_bad_chunk")
             return
         if download is not None and download.complete:
             self._install(download)
 
     def _on_announcement(self, payload: bytes) -> None:
+        # The rate first: a flood of malformed announcements must not flood the log and the
+        # retained progress topic either.
+        if not self._within_rate():
+            self._count("fleet_announcement_rate")
+            log.warning("too many bundle announcements this hour; ignored one")
+            return
         try:
             announcement = Announcement.parse(payload)
         except WireError as err:
@@ -337,10 +357,6 @@ class UpdateManager:
             return
         if announcement.transfer_id in self._handled:
             return  # replayed on a reconnect: already installed or rejected
-        if not self._within_rate():
-            self._count("fleet_announcement_rate")
-            log.warning("too many bundle announcements this hour; ignored one")
-            return
         try:
             verified = verify_announcement(announcement, self._keys, self._config.max_bundle_bytes)
         except BundleError as err:
@@ -372,12 +388,10 @@ class UpdateManager:
             self._handled.append(verified.transfer_id)
             self._report("rejected", manifest.model_version, reason_of(err), str(err))
             return
-        try:
-            # Replaces any download in progress: the newest announcement is the one wanted.
-            download = self._reassembler.start(verified)
-        except ChunkChecksumError as err:
-            self._abandon(err)
-            return
+        # Replaces any download in progress: the newest announcement is the one wanted.
+        download = self._reassembler.start(verified)
+        if download.bad:
+            self._count("fleet_bad_chunk", len(download.bad))
         if download.complete:
             self._install(download)
 
@@ -394,22 +408,23 @@ class UpdateManager:
             SIGNATURE_FILE: verified.announcement.manifest_sig,
         }
         try:
-            try:
-                slot = self.slots.write_inactive(files)
-            except OSError as err:
-                raise StorageError(f"cannot write the bundle: {err}") from None
+            slot = self.slots.write_inactive(files)
             # Everything again, from the files on disk: signature, checksum, ONNX Runtime,
             # interface and the golden test; this also builds the session the ticks will use.
             bundle = load_bundle(self.slots.path(slot), self._keys, self.settings.threads)
             self._check_version(bundle.manifest)
+        except OSError as err:
+            # Not marked failed: once space is freed, the retained bundle installs.
+            error = StorageError(f"cannot write or read the bundle's slot: {err}")
+            self._report("rejected", version, reason_of(error), str(error))
+            return
         except BundleError as err:
             self.slots.mark_failed(verified.manifest_sha256)
             self._report("rejected", version, reason_of(err), str(err))
             return
         self._report("verified", version, detail=f"slot {slot}")
-        self.slots.begin_trial(slot)
         with self._lock:
-            self._ready = (bundle, verified.manifest_sha256)
+            self._ready = (bundle, verified.manifest_sha256, slot)
 
     def _abandon(self, error: BundleError) -> None:
         download = self._reassembler.download
@@ -424,10 +439,17 @@ class UpdateManager:
         download = self._reassembler.timed_out(self._config.download_timeout_s)
         if download is not None:
             missing = download.missing()
+            within = f"within {self._config.download_timeout_s:g} s"
+            corrupted = sorted(download.bad.intersection(missing))
             self._abandon(
-                MissingChunksError(
+                ChunkChecksumError(
+                    f"chunks {corrupted[:5]} came only with bytes the signed transfer does not "
+                    f"list, no good copy {within}"
+                )
+                if corrupted
+                else MissingChunksError(
                     f"{len(missing)} of {download.expected} chunks (first: {missing[:5]}) did not "
-                    f"arrive within {self._config.download_timeout_s:g} s"
+                    f"arrive {within}"
                 )
             )
 
@@ -442,16 +464,19 @@ class UpdateManager:
         active = self._active_manifest()
         if active is None or manifest.model_version > active.model_version:
             return
-        if manifest.allow_downgrade:
+        if manifest.allow_downgrade and manifest.created > active.created:
+            # Signed after the active model was: a downgrade signed to back out of version N
+            # cannot be replayed later to undo N + 1.
             log.warning(
                 "installing version %d over %d: the signed manifest allows the downgrade",
                 manifest.model_version,
                 active.model_version,
             )
             return
+        why = " and its downgrade was signed before the active model" * manifest.allow_downgrade
         raise NotNewerError(
             f"version {manifest.model_version} is not newer than the active version "
-            f"{active.model_version}"
+            f"{active.model_version}{why}"
         )
 
     def _active_manifest(self) -> Manifest | None:
@@ -500,9 +525,9 @@ class UpdateManager:
         assert self._agent is not None
         self._agent.link.publish(self.settings.bundle_status_topic, payload, 1, retain=True)
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: str, n: int = 1) -> None:
         if self._agent is not None:
-            self._agent.metrics.count_dropped(reason)
+            self._agent.metrics.count_dropped(reason, n)
 
 
 def _output_problem(

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, public_key_fingerprint
@@ -52,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sign.add_argument(
         "--allow-downgrade",
         action="store_true",
-        help="let agents install it over a newer version (signed into the manifest)",
+        help="let agents install it over a newer version (signed into the manifest, with the "
+        "signing time as its created time: only models made before it can be downgraded)",
     )
 
     publish = sub.add_parser("publish", help="publish a bundle to a group, retained")
@@ -130,7 +132,10 @@ def _sign(args: argparse.Namespace) -> int:
     if args.model_version is not None:
         changes["model_version"] = args.model_version
     if args.allow_downgrade:
+        # Agents take a downgrade only if it was signed after their active model was made: a
+        # downgrade signed to back out of version N cannot be replayed later to undo N + 1.
         changes["allow_downgrade"] = True
+        changes["created"] = datetime.now(UTC)
     if args.out is not None:
         resign_bundle(args.bundle, args.out, key, **changes)
         print(f"wrote {args.out}, signed by key {public_key_fingerprint(key.public_key())}")

@@ -57,11 +57,11 @@ def setup(tmp_path: Path):
     manager = UpdateManager(settings, Forecaster(old, settings), slots)
     agent = FakeAgent()
     manager.attach(agent)  # type: ignore[arg-type]
-    # What the update thread leaves for the next tick: v3 in a slot, on trial.
+    # What the update thread leaves for the next tick: v3 verified in a slot; its trial
+    # starts on disk when the tick swaps it in.
     slot = slots.write_inactive(read_bundle_files(v3))
     new = load_bundle(slots.path(slot), [key.public_key()])
-    slots.begin_trial(slot)
-    manager._ready = (new, "0" * 64)
+    manager._ready = (new, "0" * 64, slot)
     return manager, agent, old, new, settings
 
 
@@ -84,9 +84,13 @@ def forecast_versions(agent: FakeAgent) -> list[int]:
 
 def test_ticks_without_streams_do_not_count_and_healthy_ones_commit(setup) -> None:
     manager, agent, _, new, settings = setup
+    before = manager.slots.state
+    assert before.phase == "committed"  # a restart now would keep the old model, not fail v3
     for _ in range(3):
         manager.on_tick(context(settings, agent, streams=0))
     assert states(agent) == ["active"]
+    assert manager.slots.state.phase == "trial"
+    assert manager.slots.state.previous == before.active
     manager.on_tick(context(settings, agent, streams=2))
     manager.on_tick(context(settings, agent, streams=2))
     assert states(agent) == ["active", "committed"]

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle import MANIFEST_FILE, NoTrustedKeyError, SignatureError
 from agent.cli import DEFAULT_BUNDLE
-from agent.update_receiver import Reassembler
+from agent.update_receiver import CHUNK_OVERHEAD_BYTES, MAX_EARLY_TRANSFERS, Reassembler
 from agent.update_wire import (
     Announcement,
     ChunkChecksumError,
@@ -80,8 +80,19 @@ def test_the_early_chunk_buffer_is_bounded(key: Ed25519PrivateKey) -> None:
     reassembler = Reassembler(max_buffer_bytes=10_000)
     for n in range(5):  # five unknown transfers of 4 KiB each
         reassembler.add(decode_chunk(encode_chunk(bytes([n]) * 32, 0, b"x" * 4096)))
-    assert reassembler._early_bytes <= 10_000
+    assert reassembler.buffered_bytes <= 10_000
     assert list(reassembler._early) == [bytes([3]) * 32, bytes([4]) * 32]
+
+
+def test_a_flood_of_tiny_early_chunks_is_bounded_by_what_it_costs(key: Ed25519PrivateKey) -> None:
+    reassembler = Reassembler(max_buffer_bytes=100_000)
+    for n in range(2_000):  # 1-byte chunks: 2 KB of data, but each costs its bookkeeping too
+        transfer = (n % 10).to_bytes(32, "big")
+        reassembler.add(decode_chunk(encode_chunk(transfer, n, b"x")))
+    held = sum(len(parts) for parts in reassembler._early.values())
+    assert reassembler.buffered_bytes <= 100_000
+    assert held <= 100_000 // CHUNK_OVERHEAD_BYTES
+    assert len(reassembler._early) <= MAX_EARLY_TRANSFERS
 
 
 def test_unsigned(key: Ed25519PrivateKey) -> None:

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.bundle import load_bundle
 from agent.forecaster import Forecaster
 from agent.runtime import Agent
-from agent.update_wire import Announcement, encode_chunk
+from agent.update_wire import DEFAULT_CHUNK_BYTES, Announcement, encode_chunk
 from agent.updates import UpdateManager, open_slots
 from quantization.fleet import Connection, publish_bundle
 from tests.agent import fleet_kit as kit
@@ -146,7 +147,8 @@ def test_an_update_is_received_verified_swapped_and_committed(
     running.wait_forecast_after(0, 1)
 
     done = publish_bundle(Connection(broker.url), bundles["v2"], kit.GROUP, key)
-    assert done.chunks == 14  # 3.5 MB in 256 KiB chunks
+    model_bytes = (bundles["v2"] / "model.onnx").stat().st_size
+    assert done.chunks == -(-model_bytes // DEFAULT_CHUNK_BYTES) > 1
 
     committed = running.wait_state("committed")
     assert running.states() == ["received", "verified", "active", "committed"]
@@ -387,3 +389,63 @@ def test_oversized_messages_and_announcement_floods_are_cut_off(
     assert dropped == 1
     assert running.agent.metrics.snapshot()["dropped"]["fleet_message_too_large"] == 1
     assert running.states() == ["rejected"]
+
+
+def test_a_downgrade_installs_only_if_signed_after_the_active_model(
+    run_agent: Callable[..., RunningAgent],
+    broker: Broker,
+    bundles: dict[str, Path],
+    key: Ed25519PrivateKey,
+    tmp_path: Path,
+    client_factory: Callable[[str], Client],
+) -> None:
+    running = run_agent(bundles["v2"])
+    feed(client_factory("sensors"))
+    running.wait_forecast_after(0, 2)
+    active = running.agent.link  # the status carries the running version
+    made = load_bundle(bundles["v2"], [key.public_key()]).manifest.created
+
+    # A downgrade signed before v2 was made (to back out of an earlier release), replayed now.
+    stale = kit.default_as(
+        tmp_path / "stale", key, 1, allow_downgrade=True, created=made - timedelta(days=1)
+    )
+    publish_bundle(Connection(broker.url), stale, kit.GROUP, key)
+    refused = running.wait_state("rejected")
+    assert refused["reason"] == "not_newer"
+    assert "signed before the active model" in refused["detail"]
+    assert active.model_version == "2"
+
+    fresh = kit.default_as(
+        tmp_path / "fresh", key, 1, allow_downgrade=True, created=made + timedelta(days=1)
+    )
+    publish_bundle(Connection(broker.url), fresh, kit.GROUP, key)
+    committed = running.wait_state("committed")
+    assert committed["model_version"] == 1
+    assert active.model_version == "1"
+
+
+def test_a_junk_chunk_does_not_cancel_a_good_download(
+    run_agent: Callable[..., RunningAgent],
+    broker: Broker,
+    bundles: dict[str, Path],
+    key: Ed25519PrivateKey,
+    client_factory: Callable[[str], Client],
+) -> None:
+    running = run_agent(bundles["v2"])
+    feed(client_factory("sensors"))
+    running.wait_forecast_after(0, 2)
+    announcement, chunks = kit.packaged(bundles["v3"], key)
+    # Anyone who saw an announcement can send chunks with its transfer id: here one with the
+    # wrong bytes and one beyond the listed ones, both retained, so they come first.
+    bad = encode_chunk(announcement.transfer_id, 1, b"bad bytes")
+    beyond = encode_chunk(announcement.transfer_id, len(chunks), b"junk")
+    kit.send(broker.url, announcement.to_bytes(), [None, bad, *[None] * (len(chunks) - 2), beyond])
+    wait_for(
+        lambda: running.agent.metrics.snapshot()["dropped"].get("fleet_bad_chunk", 0) >= 2,
+        10,
+        "the junk chunks counted",
+    )
+    kit.send(broker.url, None, list(chunks))
+    committed = running.wait_state("committed")
+    assert committed["model_version"] == 3
+    assert running.states()[-4:] == ["received", "verified", "active", "committed"]

@@ -28,6 +28,7 @@ library alone reaches on this machine, next to the agent's.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import json
 import os
@@ -51,6 +52,7 @@ from typing import Any, ClassVar
 import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from timing import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_ID = "bench"
@@ -557,19 +559,15 @@ def measure_ticks(agent: AgentProcess, watcher: Watcher, port: int, ticks: int) 
 
 
 def machine_description() -> dict[str, Any]:
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
-        model = found.group(1).strip() if found else model
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     version = subprocess.run([mosquitto, "-h"], capture_output=True, text=True).stdout
     return {
         "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
-        "cpu": model,
+        "cpu": cpu_description(),
         "python": platform.python_version(),
-        "paho_mqtt": paho.__version__ if hasattr(paho, "__version__") else None,
+        "paho_mqtt": importlib.metadata.version("paho-mqtt"),
+        "onnxruntime": importlib.metadata.version("onnxruntime"),
         "mosquitto": version.splitlines()[0] if version else None,
         # Other work on the machine takes cores from the broker, agent and publisher.
         "load_average": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
@@ -582,7 +580,8 @@ def main_benchmark(args: argparse.Namespace) -> int:
     command = f"python {' '.join(sys.argv)}"
     print(f"$ {command}")
     print(
-        f"machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']}, "
+        f"machine: {machine['cpu']}, nproc {machine['nproc']}, "
+        f"Python {machine['python']}, onnxruntime {machine['onnxruntime']}, "
         f"{machine['mosquitto']}; load average {machine['load_average']}\n",
         flush=True,
     )

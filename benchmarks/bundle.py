@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from timing import timed
+from timing import cpu_description, timed
 
 from model.checkpoint import checkpoint_metadata, load_checkpoint
 from model.cli_forecast import SHIPPED_WEIGHTS
@@ -133,7 +133,7 @@ def main() -> int:
     keep = None if args.keep_experts == "auto" else int(args.keep_experts)
 
     machine = (
-        f"{platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, onnxruntime "
+        f"{platform.machine()}, {cpu_description()}, {os.cpu_count()} cores, onnxruntime "
         f"{ort.__version__}, load average {os.getloadavg()[0]:.1f} at start"
     )
     step = checkpoint_metadata(args.checkpoint).get("step", "?")
@@ -220,16 +220,6 @@ def _print_table(rows: list[dict], reference: float, baseline_rss: float, window
             f"b1 {'met' if row['b1_t1_ms'] <= GOALS['b1_ms'] else 'MISSED'}",
         ]
         print(f"  {row['bundle']}: " + ", ".join(verdicts))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

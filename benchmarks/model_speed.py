@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
-from timing import timed
+from timing import cpu_description, timed
 
 from model.config import preset
 from model.loss import sequence_loss
@@ -78,7 +77,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{cpu_description()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} with {args.threads} threads"
     )
     print(f"$ python {' '.join(sys.argv)}\nmachine: {machine}\n")

@@ -2,6 +2,7 @@
 
     python benchmarks/zero_shot_long.py                         # shipped edge weights
     python benchmarks/zero_shot_long.py --checkpoint runs/edge/last --stride 1
+    python benchmarks/zero_shot_long.py --datasets Weather --no-hold   # ablation
 
 Prints MSE and MAE per dataset and horizon (normalised scale), the per-dataset average next to
 Time-MoE base's, and writes JSON. Stride 1 is the paper's; on a CPU the default samples about
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.checkpoint import load_checkpoint
 from model.cli_forecast import SHIPPED_WEIGHTS
 from model.data.corpus import default_data_root
 from model.evaluation import (
@@ -42,6 +44,7 @@ def main() -> int:
     parser.add_argument("--horizons", type=int, nargs="+", default=list(LONG_HORIZONS))
     parser.add_argument("--stride", type=int, default=0, help="0: about 200 starts per channel")
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--no-hold", action="store_true", help="turn hold decoding off")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_shot_long.json"))
     args = parser.parse_args()
@@ -50,13 +53,14 @@ def main() -> int:
     if not (root / "ett").is_dir():
         print(f"no benchmark data under {root} (set MOECAST_DATA)", file=sys.stderr)
         return 2
-    forecaster = Forecaster.from_pretrained(args.checkpoint)
+    forecaster = Forecaster(load_checkpoint(args.checkpoint, hold_decoding=not args.no_hold))
     counts = forecaster.model.parameter_counts()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"$ python {' '.join(sys.argv)}")
     print(
         f"model: {args.checkpoint} ({forecaster.config.name}, {counts['total']:,} params, "
-        f"{counts['active']:,} active); machine: {machine}\n"
+        f"{counts['active']:,} active, hold decoding {'off' if args.no_hold else 'on'}); "
+        f"machine: {machine}\n"
     )
     print(f"{'dataset':<8} {'horizon':>7} {'stride':>6} {'windows':>8} {'MSE':>7} {'MAE':>7}")
 

@@ -135,16 +135,31 @@ def feed(client: Client, value: float = 20.0, n: int = 30) -> None:
     client.wait_acked(mids)
 
 
-def test_an_update_is_received_verified_swapped_and_committed(
+@pytest.fixture
+def forecasting(
     run_agent: Callable[..., RunningAgent],
+    bundles: dict[str, Path],
+    client_factory: Callable[[str], Client],
+) -> Callable[[str], RunningAgent]:
+    """Start an agent on `bundles[name]` ("v2": model version 2) with every stream fed, and
+    return it once it has forecast with that model: the starting point of an update."""
+
+    def start(name: str) -> RunningAgent:
+        running = run_agent(bundles[name])
+        feed(client_factory("sensors"))
+        running.wait_forecast_after(0, int(name.removeprefix("v")))
+        return running
+
+    return start
+
+
+def test_an_update_is_received_verified_swapped_and_committed(
+    forecasting: Callable[[str], RunningAgent],
     broker: Broker,
     bundles: dict[str, Path],
     key: Ed25519PrivateKey,
-    client_factory: Callable[[str], Client],
 ) -> None:
-    running = run_agent(bundles["v1"])
-    feed(client_factory("sensors"))
-    running.wait_forecast_after(0, 1)
+    running = forecasting("v1")
 
     done = publish_bundle(Connection(broker.url), bundles["v2"], kit.GROUP, key)
     model_bytes = (bundles["v2"] / "model.onnx").stat().st_size
@@ -392,16 +407,13 @@ def test_oversized_messages_and_announcement_floods_are_cut_off(
 
 
 def test_a_downgrade_installs_only_if_signed_after_the_active_model(
-    run_agent: Callable[..., RunningAgent],
+    forecasting: Callable[[str], RunningAgent],
     broker: Broker,
     bundles: dict[str, Path],
     key: Ed25519PrivateKey,
     tmp_path: Path,
-    client_factory: Callable[[str], Client],
 ) -> None:
-    running = run_agent(bundles["v2"])
-    feed(client_factory("sensors"))
-    running.wait_forecast_after(0, 2)
+    running = forecasting("v2")
     active = running.agent.link  # the status carries the running version
     made = load_bundle(bundles["v2"], [key.public_key()]).manifest.created
 
@@ -425,15 +437,12 @@ def test_a_downgrade_installs_only_if_signed_after_the_active_model(
 
 
 def test_a_junk_chunk_does_not_cancel_a_good_download(
-    run_agent: Callable[..., RunningAgent],
+    forecasting: Callable[[str], RunningAgent],
     broker: Broker,
     bundles: dict[str, Path],
     key: Ed25519PrivateKey,
-    client_factory: Callable[[str], Client],
 ) -> None:
-    running = run_agent(bundles["v2"])
-    feed(client_factory("sensors"))
-    running.wait_forecast_after(0, 2)
+    running = forecasting("v2")
     announcement, chunks = kit.packaged(bundles["v3"], key)
     # Anyone who saw an announcement can send chunks with its transfer id: here one with the
     # wrong bytes and one beyond the listed ones, both retained, so they come first.

@@ -23,21 +23,21 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-
-from agent.bundle import DEV_PUBLIC_KEY, MANIFEST_FILE, BundleError, load_bundle
-from agent.forecaster import Forecaster
-from agent.heartbeat import HEARTBEAT_FILE, Heartbeat, check
-from agent.metrics import PrometheusError
-from agent.runtime import Agent
-from agent.settings import (
+from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.ops.heartbeat import HEARTBEAT_FILE, Heartbeat, check
+from moecast.agent.ops.metrics import PrometheusError
+from moecast.agent.runtime import Agent
+from moecast.agent.settings import (
     AgentSettings,
     SettingsFileError,
     describe_settings_error,
     load_settings,
 )
-from agent.updates import UpdateManager, open_slots
+from moecast.agent.updates.manager import UpdateManager, open_slots
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from moecast.bundle.format import DEV_PUBLIC_KEY, MANIFEST_FILE, BundleError, load_bundle
 
 log = logging.getLogger("agent")
 

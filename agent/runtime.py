@@ -3,7 +3,7 @@ the forecasting tick.
 
 Forecasting plugs in through `on_tick`: a callable that receives a `TickContext` every
 `forecast.cadence_s` seconds, at multiples of the cadence since the epoch (so ticks line up
-with the epoch-aligned grids of `agent.resample`). It runs on a scheduler thread, never two at
+with the epoch-aligned grids of `moecast.agent.forecast.grid`). It runs on a scheduler thread, never two at
 once; a tick that overruns makes the next one skip rather than queue up. Without `on_tick` the
 agent ingests and stores readings but forecasts nothing.
 """
@@ -21,14 +21,13 @@ from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-
-from agent.inbox import Inbox
-from agent.ingest import IngestWorker
-from agent.metrics import AgentMetrics, PrometheusEndpoint
-from agent.mqtt import MqttLink
-from agent.settings import AgentSettings
-from agent.store import ReadingStore
-from agent.streams import StreamRegistry
+from moecast.agent.ingest.inbox import Inbox
+from moecast.agent.ingest.link import MqttLink
+from moecast.agent.ingest.store import ReadingStore
+from moecast.agent.ingest.streams import StreamRegistry
+from moecast.agent.ingest.writer import IngestWorker
+from moecast.agent.ops.metrics import AgentMetrics, PrometheusEndpoint
+from moecast.agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+from moecast.agent.forecast.alerts import AlertRule
+from moecast.agent.ingest.payloads import PayloadLimits
+from moecast.agent.ingest.readings import StreamId, name_problem
+from moecast.agent.ingest.store import StoreLimits
+from moecast.agent.ingest.streams import StreamLimits
+from moecast.agent.updates.settings import UpdateSettings
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -38,13 +44,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
-
-from agent.alerts import AlertRule
-from agent.payloads import PayloadLimits
-from agent.readings import StreamId, name_problem
-from agent.store import StoreLimits
-from agent.streams import StreamLimits
-from agent.update_settings import UpdateSettings
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -136,7 +135,7 @@ class BrokerSettings(_Section):
 
 
 class TopicSettings(_Section):
-    """Topic prefixes (DESIGN 5): readings arrive on `<sensors>/<device>/<sensor>`."""
+    """Topic prefixes: readings arrive on `<sensors>/<device>/<sensor>`."""
 
     sensors: str = "sensors"  # readings arrive on <sensors>/<device>/<sensor>
     forecasts: str = "forecasts"  # forecasts go to <forecasts>/<device>/<sensor>
@@ -209,7 +208,7 @@ class ForecastSettings(_Section):
     # A stream whose newest reading (event time) is older than this at a tick is not forecast
     # (counted as skipped "stale"), so its retained forecast expires rather than being renewed
     # with steps in the past. "auto": 16 of the stream's intervals, at least 600 s (see
-    # agent.forecaster); a fixed time would silence daily streams or keep 1 s ones too long.
+    # moecast.agent.forecast.tick); a fixed time would silence daily streams or keep 1 s ones too long.
     stale_after_s: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
 
 
@@ -264,7 +263,7 @@ class AgentSettings(BaseSettings):
     threads: int = Field(default=1, gt=0)  # inference threads
     bundle_path: Path | None = None  # the model bundle to load at start
     trusted_keys: list[FilePath] = []  # Ed25519 public keys that may sign bundles
-    # Also trust the public development key (agent/dev_key): needed for the default bundle,
+    # Also trust the public development key (moecast/bundle/dev_key): needed for the default bundle,
     # which is signed with it; never in production, where anyone can sign with that key.
     trust_dev_key: bool = False
     updates: UpdateSettings = UpdateSettings()  # fleet model updates (agent.updates)

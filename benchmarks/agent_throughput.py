@@ -1,4 +1,4 @@
-"""Agent throughput (DESIGN 3.5), all in one run on this machine.
+"""Agent throughput, all in one run on this machine.
 
     python benchmarks/agent_throughput.py            # full run, about 3 minutes
     python benchmarks/agent_throughput.py --quick    # shorter runs, about 1 minute

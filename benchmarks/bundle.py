@@ -1,4 +1,4 @@
-"""Bundle benchmark (DESIGN 3.4): fp32 vs int8 vs pruned+int8 `model.onnx` of one checkpoint.
+"""Bundle benchmark: fp32 vs int8 vs pruned+int8 `model.onnx` of one checkpoint.
 
     pip install 'moecast[export]'
     python benchmarks/bundle.py                                   # model/weights/edge
@@ -31,16 +31,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from moecast.model.checkpoint import checkpoint_metadata, load_checkpoint
+from moecast.model.cli_forecast import SHIPPED_WEIGHTS
+from moecast.model.data.corpus import SENSOR_BENCHMARK_SOURCES, default_data_root, load_corpus
+from moecast.model.network import MoecastModel
+from moecast.quantization.export import export_onnx
+from moecast.quantization.prune import prune_for_site
+from moecast.quantization.quantize import quantize_int8
+from moecast.quantization.site_data import HOLDOUT_FRACTION, SiteSplit, split_site
 from timing import cpu_description, timed
-
-from model.checkpoint import checkpoint_metadata, load_checkpoint
-from model.cli_forecast import SHIPPED_WEIGHTS
-from model.data.corpus import SENSOR_BENCHMARK_SOURCES, default_data_root, load_corpus
-from model.network import MoecastModel
-from quantization.export import export_onnx
-from quantization.prune import prune_for_site
-from quantization.quantize import quantize_int8
-from quantization.site_data import HOLDOUT_FRACTION, SiteSplit, split_site
 
 HORIZON = 32
 BATCHES = (1, 1000)

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
+from moecast.model.config import preset
+from moecast.model.loss import sequence_loss
+from moecast.model.network import MoecastModel
 from timing import cpu_description, timed
-
-from model.config import preset
-from model.loss import sequence_loss
-from model.network import MoecastModel
 
 PRESETS = ("edge", "edge-dense-active", "edge-dense-total")
 # Time-MoE (Shi et al., ICLR 2025, sec. 4.5): MoE vs a dense model of the same total size,

@@ -1,4 +1,4 @@
-"""Sparse vs dense (DESIGN 3.3): the MoE and its dense twins, trained on the same data and steps.
+"""Sparse vs dense: the MoE and its dense twins, trained on the same data and steps.
 
     # the three checkpoints come from the same command with another preset:
     moecast train --preset edge              --steps 8000 --run runs/edge
@@ -22,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from model.checkpoint import load_checkpoint
-from model.data.corpus import default_data_root
-from model.evaluation import evaluate, split
-from model.finetune import finetune
-from model.forecast import Forecaster
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.data.corpus import default_data_root
+from moecast.model.evaluation import evaluate, split
+from moecast.model.finetune import finetune
+from moecast.model.forecast import Forecaster
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Long-horizon zero-shot benchmark (DESIGN 3.1, the Time-MoE protocol) on ETT and Weather.
+"""Long-horizon zero-shot benchmark (the Time-MoE protocol) on ETT and Weather.
 
     python benchmarks/zero_shot_long.py                         # shipped edge weights
     python benchmarks/zero_shot_long.py --checkpoint runs/edge/last --stride 1
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from model.checkpoint import load_checkpoint
-from model.cli_forecast import SHIPPED_WEIGHTS
-from model.data.corpus import default_data_root
-from model.evaluation import (
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.cli_forecast import SHIPPED_WEIGHTS
+from moecast.model.data.corpus import default_data_root
+from moecast.model.evaluation import (
     LONG_HORIZON_DATASETS,
     LONG_HORIZONS,
     TIME_MOE_BASE_MSE,
@@ -34,7 +33,7 @@ from model.evaluation import (
     evaluate,
     split,
 )
-from model.forecast import Forecaster
+from moecast.model.forecast import Forecaster
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Sensor short-horizon zero-shot benchmark (DESIGN 3.2) against statsforecast baselines.
+"""Sensor short-horizon zero-shot benchmark against statsforecast baselines.
 
     pip install 'moecast[train,bench]'
     python benchmarks/zero_shot_sensor.py                                   # shipped weights
@@ -32,18 +32,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-from model.baselines import statsforecast_baselines
-from model.checkpoint import load_checkpoint
-from model.cli_forecast import SHIPPED_WEIGHTS
-from model.data.corpus import (
+from moecast.model.baselines import statsforecast_baselines
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.cli_forecast import SHIPPED_WEIGHTS
+from moecast.model.data.corpus import (
     PRETRAIN_SOURCES,
     SENSOR_BENCHMARK_SOURCES,
     default_data_root,
     load_corpus,
 )
-from model.forecast import Forecaster
-from model.metrics import geometric_mean, mae, seasonal_scale, weighted_quantile_loss
+from moecast.model.forecast import Forecaster
+from moecast.model.metrics import geometric_mean, mae, seasonal_scale, weighted_quantile_loss
 
 HORIZONS = (1, 8, 32, 64)
 DROPS = (0.0, 0.1, 0.3)

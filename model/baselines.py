@@ -12,9 +12,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-
-from model.config import DEFAULT_QUANTILES
-from model.forecast import Forecast, as_batch
+from moecast.model.config import DEFAULT_QUANTILES
+from moecast.model.forecast import Forecast, as_batch
 
 
 def fill_gaps(series: np.ndarray) -> np.ndarray:

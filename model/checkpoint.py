@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from moecast.model.config import ModelConfig
+from moecast.model.network import MoecastModel
 from safetensors.torch import load_file, save_file
-
-from model.config import ModelConfig
-from model.network import MoecastModel
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from model.forecast import Forecast, Forecaster
+from moecast.model.forecast import Forecast, Forecaster
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "edge"
 

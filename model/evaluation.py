@@ -15,9 +15,8 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-
-from model.forecast import Forecast
-from model.metrics import mae, mse
+from moecast.model.forecast import Forecast
+from moecast.model.metrics import mae, mse
 
 LONG_HORIZON_DATASETS: dict[str, str] = {
     "ETTh1": "ett/ETTh1.csv",

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from moecast.model.checkpoint import load_checkpoint, save_checkpoint
+from moecast.model.data.corpus import load_corpus
+from moecast.model.loss import sequence_loss
+from moecast.model.network import MoecastModel
 from tqdm import tqdm
-
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.data.corpus import load_corpus
-from model.loss import sequence_loss
-from model.network import MoecastModel
 
 
 def training_windows(

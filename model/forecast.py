@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from model.checkpoint import load_checkpoint
-from model.network import MoecastModel
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.network import MoecastModel
 
 SeriesLike = np.ndarray | Sequence[float] | Sequence[np.ndarray] | Sequence[Sequence[float]]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from moecast.model.network import MoecastModel
 from torch import Tensor, nn
-
-from model.network import MoecastModel
 
 
 def pinball_loss(pred: Tensor, target: Tensor, quantiles: Tensor, valid: Tensor) -> Tensor:

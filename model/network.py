@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from moecast.model.config import ModelConfig
 from torch import Tensor, nn
-
-from model.config import ModelConfig
 
 
 @dataclass

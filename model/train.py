@@ -22,15 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from moecast.model.checkpoint import load_checkpoint, save_checkpoint
+from moecast.model.config import PRESETS, preset
+from moecast.model.data.corpus import default_data_root, load_pretraining_corpus
+from moecast.model.data.mixture import SyntheticMixture
+from moecast.model.data.windows import WindowSampler
+from moecast.model.loss import sequence_loss
+from moecast.model.network import MoecastModel
 from tqdm import tqdm
-
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import PRESETS, preset
-from model.data.corpus import default_data_root, load_pretraining_corpus
-from model.data.mixture import SyntheticMixture
-from model.data.windows import WindowSampler
-from model.loss import sequence_loss
-from model.network import MoecastModel
 
 TRAINER_STATE = "trainer.pt"
 

@@ -28,14 +28,28 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("forecast", "forecast a column of a CSV file with a checkpoint", "model.cli_forecast"),
-    Command("train", "pretrain a model on synthetic and real series (resumable)", "model.train"),
-    Command("finetune", "adapt a checkpoint to your own series", "model.finetune"),
-    Command("agent", "run the edge agent on MQTT sensor streams", "agent.cli"),
-    Command("demo", "a simulated site, a broker and the agent: see it work", "agent.demo.cli"),
-    Command("export", "export a checkpoint as a signed edge bundle", "quantization.cli_export"),
-    Command("experts", "which experts fire for which kinds of series", "quantization.cli_experts"),
-    Command("fleet", "sign, publish and track model updates for agents", "quantization.cli_fleet"),
+    Command(
+        "forecast",
+        "forecast a column of a CSV file with a checkpoint",
+        "moecast.model.cli_forecast",
+    ),
+    Command(
+        "train", "pretrain a model on synthetic and real series (resumable)", "moecast.model.train"
+    ),
+    Command("finetune", "adapt a checkpoint to your own series", "moecast.model.finetune"),
+    Command("agent", "run the edge agent on MQTT sensor streams", "moecast.agent.cli"),
+    Command(
+        "demo", "a simulated site, a broker and the agent: see it work", "moecast.agent.demo.cli"
+    ),
+    Command(
+        "export", "export a checkpoint as a signed edge bundle", "moecast.quantization.cli_export"
+    ),
+    Command(
+        "experts",
+        "which experts fire for which kinds of series",
+        "moecast.quantization.cli_experts",
+    ),
+    Command("fleet", "sign, publish and track model updates for agents", "moecast.fleet.cli"),
 )
 
 

@@ -1,4 +1,4 @@
-"""Write signed edge bundles (the format is `agent.bundle`'s; this is the writing side).
+"""Write signed edge bundles (the format is `moecast.bundle.format`'s; this is the writing side).
 
     key = load_private_key("keys/signing-key.pem")
     build_bundle(model, "bundles/edge-v3", key, quantization="int8", model_version=3, tar=True)
@@ -23,25 +23,25 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moecast.model.network import MoecastModel
+from moecast.quantization.export import export_onnx
+from moecast.quantization.quantize import quantize_int8
 
-from agent.bundle import (
+# Re-exported: the writing side keeps one import for keys, signing and building.
+from moecast.quantization.signing import DEV_PRIVATE_KEY as DEV_PRIVATE_KEY
+from moecast.quantization.signing import PRIVATE_KEY_FILE as PRIVATE_KEY_FILE
+from moecast.quantization.signing import PUBLIC_KEY_FILE as PUBLIC_KEY_FILE
+from moecast.quantization.signing import generate_keypair as generate_keypair
+from moecast.quantization.signing import load_private_key as load_private_key
+from moecast.quantization.signing import write_bundle, write_tar
+
+from moecast.bundle.format import (
     INPUT_NAME,
     Golden,
     Manifest,
     load_bundle,
     output_name,
 )
-from model.network import MoecastModel
-from quantization.export import export_onnx
-from quantization.quantize import quantize_int8
-
-# Re-exported: the writing side keeps one import for keys, signing and building.
-from quantization.signing import DEV_PRIVATE_KEY as DEV_PRIVATE_KEY
-from quantization.signing import PRIVATE_KEY_FILE as PRIVATE_KEY_FILE
-from quantization.signing import PUBLIC_KEY_FILE as PUBLIC_KEY_FILE
-from quantization.signing import generate_keypair as generate_keypair
-from quantization.signing import load_private_key as load_private_key
-from quantization.signing import write_bundle, write_tar
 
 Quantization = Literal["fp32", "int8"]
 

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from model.checkpoint import load_checkpoint
-from model.data.corpus import CorpusError
-from quantization.experts_report import (
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.data.corpus import CorpusError
+from moecast.quantization.experts_report import (
     format_table,
     plot_usage,
     usage_by_bin,
@@ -30,9 +29,9 @@ from quantization.experts_report import (
     write_usage_csv,
     write_windows_csv,
 )
-from quantization.routing import collect_routing
-from quantization.series_features import series_features
-from quantization.site_data import context_windows, load_site_series
+from moecast.quantization.routing import collect_routing
+from moecast.quantization.series_features import series_features
+from moecast.quantization.site_data import context_windows, load_site_series
 
 DEFAULT_WINDOWS_PER_SERIES = 4
 

@@ -11,12 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.bundle import BundleError, public_key_fingerprint
-from model.checkpoint import checkpoint_metadata, load_checkpoint
-from model.data.corpus import CorpusError
-from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
-from quantization.prune import DEFAULT_TOLERANCE, prune_for_site
-from quantization.site_data import load_site_series
+from moecast.model.checkpoint import checkpoint_metadata, load_checkpoint
+from moecast.model.data.corpus import CorpusError
+from moecast.quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
+from moecast.quantization.prune import DEFAULT_TOLERANCE, prune_for_site
+from moecast.quantization.site_data import load_site_series
+
+from moecast.bundle.format import BundleError, public_key_fingerprint
 
 UNSIGNED = (
     "a bundle must be signed: pass --sign-key PRIVATE_KEY.pem (agents trust its public half), "

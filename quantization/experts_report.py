@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from quantization.routing import RoutingStats
-from quantization.series_features import FEATURES, SeriesFeatures
+from moecast.quantization.routing import RoutingStats
+from moecast.quantization.series_features import FEATURES, SeriesFeatures
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 import onnx
 import torch
 import torch.nn.functional as F
+from moecast.model.network import MoecastModel
 from torch import Tensor, nn
 
-from agent.bundle import EXPERT_LOAD_NAME, INPUT_NAME, output_name
-from model.network import MoecastModel
+from moecast.bundle.format import EXPERT_LOAD_NAME, INPUT_NAME, output_name
 
 # Where the dynamo exporter records, on each ONNX node, the module path it was traced in.
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from moecast.model.data.corpus import Series
+from moecast.model.forecast import SeriesLike
+from moecast.model.network import MoecastModel, MoEFeedForward
+from moecast.quantization.routing import salience
+from moecast.quantization.site_data import SiteSplit, split_site
 from torch import Tensor
-
-from model.data.corpus import Series
-from model.forecast import SeriesLike
-from model.network import MoecastModel, MoEFeedForward
-from quantization.routing import salience
-from quantization.site_data import SiteSplit, split_site
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_HORIZON = 32

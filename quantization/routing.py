@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from moecast.model.data.corpus import Series
+from moecast.model.forecast import SeriesLike
+from moecast.model.network import MoecastModel, MoEFeedForward
+from moecast.quantization.site_data import context_windows
 from torch import Tensor, nn
-
-from model.data.corpus import Series
-from model.forecast import SeriesLike
-from model.network import MoecastModel, MoEFeedForward
-from quantization.site_data import context_windows
 
 BATCH_SIZE = 64
 

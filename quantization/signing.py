@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from agent.bundle import (
+from moecast.bundle.format import (
     BUNDLE_FILES,
     MANIFEST_FILE,
     MODEL_FILE,

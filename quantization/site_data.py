@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from model.data.corpus import CorpusError, Series, load_corpus, load_series_file
-from model.forecast import SeriesLike, as_batch
-from model.metrics import geometric_mean, mase
+from moecast.model.data.corpus import CorpusError, Series, load_corpus, load_series_file
+from moecast.model.forecast import SeriesLike, as_batch
+from moecast.model.metrics import geometric_mean, mase
 
 HOLDOUT_FRACTION = 0.25
 EVALUATION_WINDOWS_PER_SERIES = 4

@@ -61,9 +61,9 @@ def hourly_csv(tmp_path):
 @pytest.fixture
 def nano_checkpoint(tmp_path):
     torch = pytest.importorskip("torch", reason="needs the 'train' extra")
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.checkpoint import save_checkpoint
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(0)
     return save_checkpoint(MoecastModel(preset("nano")), tmp_path / "nano")

@@ -13,9 +13,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 import yaml
+from moecast.agent.settings import load_settings
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.settings import load_settings
 from tests.agent.conftest import MOSQUITTO, Broker, wait_for
 
 CONFIGS = Path(__file__).resolve().parents[1] / "firmware_configs"

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from moecast.agent.settings import load_settings
 
-from agent.settings import load_settings
 from moecast.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "firmware_configs"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.bundle import DEV_PUBLIC_KEY, SignatureError, load_bundle
-from agent.update_wire import Announcement, decode_chunk
+from moecast.bundle.format import DEV_PUBLIC_KEY, SignatureError, load_bundle
+from moecast.bundle.wire import Announcement, decode_chunk
 from moecast.cli import main
-from quantization.fleet import Connection, connected, retained
+from moecast.fleet.client import Connection, connected, retained
 from tests.agent import fleet_kit as kit
 from tests.agent.conftest import Broker, broker  # noqa: F401  # the fixture
 
@@ -136,7 +136,7 @@ def test_status_tabulates_the_groups_agents(
 def test_fleet_commands_run_without_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "for blocked in ('torch', 'model', 'pandas'):\n"
+        "for blocked in ('torch', 'moecast.model', 'pandas'):\n"
         "    sys.modules[blocked] = None\n"
         "from moecast.cli import main\n"
         f"assert main(['fleet', 'keygen', '--out', {str(tmp_path / 'k')!r}]) == 0\n"

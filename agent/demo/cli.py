@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.demo.broker import BrokerStartError
-from agent.demo.run import DemoError, DemoOptions, run_demo
+from moecast.agent.demo.broker import BrokerStartError
+from moecast.agent.demo.run import DemoError, DemoOptions, run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.settings import AgentSettings, load_settings
+from moecast.agent.settings import AgentSettings, load_settings
 
 INTERVAL_S = 900.0
 CADENCE_S = 1.0

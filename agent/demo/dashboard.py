@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 import numpy as np
-
-from agent.demo.observer import AlertRecord, ForecastRecord
+from moecast.agent.demo.observer import AlertRecord, ForecastRecord
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY_BINS = 24  # six hours of site time on the 15-minute grid

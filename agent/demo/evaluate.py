@@ -1,7 +1,7 @@
 """Score the agent's forecasts against what the site really did next, and against a naive
 forecast that repeats the last value the agent had.
 
-Both are scored on the agent's own grid (DESIGN 7): the realised value of a step is the mean of
+Both are scored on the agent's own grid: the realised value of a step is the mean of
 the readings in its bin, as published by the site. The naive forecast at an issue time is the
 last non-empty bin at or before the forecast's `grid_end`, using only readings published before
 the forecast was issued: the same information the model had. Only bins that ended before the
@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from agent.demo.observer import ForecastRecord
+from moecast.agent.demo.observer import ForecastRecord
 
 COVERAGE_LEVELS = (0.1, 0.9)  # the 80 % interval
 

@@ -1,6 +1,6 @@
 """The simulated site on MQTT: its history as a backlog, then its readings on accelerated time.
 
-Sensors publish in three of the formats the agent accepts (DESIGN 5): single readings, SenML
+Sensors publish in three of the formats the agent accepts: single readings, SenML
 records and ISO 8601 timestamps.
 """
 
@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import paho.mqtt.client as paho
+from moecast.agent.demo.site import SimStream
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-from agent.demo.site import SimStream
 
 BACKLOG_BATCH = 1000  # readings per history message: well under the agent's payload limits
 

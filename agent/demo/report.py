@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from agent.demo.config import INTERVAL_S
-from agent.demo.evaluate import HeadScore, Published, bin_series, summarise
-from agent.demo.observer import AlertRecord, ForecastRecord
-from agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream
+from moecast.agent.demo.config import INTERVAL_S
+from moecast.agent.demo.evaluate import HeadScore, Published, bin_series, summarise
+from moecast.agent.demo.observer import AlertRecord, ForecastRecord
+from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream
 
 if TYPE_CHECKING:
-    from agent.demo.publisher import SiteClock
-    from agent.demo.run import DemoOptions
+    from moecast.agent.demo.publisher import SiteClock
+    from moecast.agent.demo.run import DemoOptions
 
 JSON_NAME = "demo-report.json"
 PNG_NAME = "demo-report.png"

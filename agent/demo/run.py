@@ -18,18 +18,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+from moecast.agent.cli import DEFAULT_BUNDLE
+from moecast.agent.demo import dashboard, report
+from moecast.agent.demo.broker import EmbeddedBroker
+from moecast.agent.demo.config import CONTEXT_BINS, INTERVAL_S, demo_settings
+from moecast.agent.demo.evaluate import Published, bin_series, score_stream
+from moecast.agent.demo.observer import AlertRecord, Observer
+from moecast.agent.demo.publisher import SiteClock, SitePublisher, connect_client, plan_clock
+from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream, simulate
+from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.runtime import Agent, TickContext
 
-from agent.bundle import DEV_PUBLIC_KEY, load_bundle
-from agent.cli import DEFAULT_BUNDLE
-from agent.demo import dashboard, report
-from agent.demo.broker import EmbeddedBroker
-from agent.demo.config import CONTEXT_BINS, INTERVAL_S, demo_settings
-from agent.demo.evaluate import Published, bin_series, score_stream
-from agent.demo.observer import AlertRecord, Observer
-from agent.demo.publisher import SiteClock, SitePublisher, connect_client, plan_clock
-from agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream, simulate
-from agent.forecaster import Forecaster
-from agent.runtime import Agent, TickContext
+from moecast.bundle.format import DEV_PUBLIC_KEY, load_bundle
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 No torch: the generators and gap simulation need numpy alone, the corpus loader adds pandas.
 """
 
-from model.data.corpus import (
+from moecast.model.data.corpus import (
     HELD_OUT_SOURCES,
     LONG_HORIZON_SOURCES,
     PRETRAIN_SOURCES,
@@ -16,11 +16,11 @@ from model.data.corpus import (
     load_pretraining_corpus,
     load_series_file,
 )
-from model.data.gaps import drop_readings, irregular_sample
-from model.data.kernel_synth import Kernel, draw_kernel, kernel_synth, sample_gp
-from model.data.mixture import GENERATORS, SeriesGenerator, SyntheticMixture
-from model.data.sensor import SensorSpec, draw_sensor_spec, render_sensor, sensor_like
-from model.data.trend_seasonal import (
+from moecast.model.data.gaps import drop_readings, irregular_sample
+from moecast.model.data.kernel_synth import Kernel, draw_kernel, kernel_synth, sample_gp
+from moecast.model.data.mixture import GENERATORS, SeriesGenerator, SyntheticMixture
+from moecast.model.data.sensor import SensorSpec, draw_sensor_spec, render_sensor, sensor_like
+from moecast.model.data.trend_seasonal import (
     TrendSeasonalSpec,
     draw_trend_seasonal_spec,
     render_trend_seasonal,

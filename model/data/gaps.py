@@ -8,8 +8,7 @@ no entry at all for lost readings (what the agent receives).
 from __future__ import annotations
 
 import numpy as np
-
-from model.data._validation import require_fraction
+from moecast.model.data._validation import require_fraction
 
 
 def drop_readings(

@@ -26,8 +26,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.data._validation import require_length
+from moecast.model.data._validation import require_length
 
 MAX_KERNELS = 5
 # Seasonal periods (in points) of hourly, 10/15-minute, daily and weekly data, as in Chronos.

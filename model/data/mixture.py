@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-
-from model.data._validation import require_fraction
-from model.data.gaps import drop_readings
-from model.data.kernel_synth import kernel_synth
-from model.data.regimes import regime_series
-from model.data.sensor import sensor_like
-from model.data.trend_seasonal import trend_seasonal
+from moecast.model.data._validation import require_fraction
+from moecast.model.data.gaps import drop_readings
+from moecast.model.data.kernel_synth import kernel_synth
+from moecast.model.data.regimes import regime_series
+from moecast.model.data.sensor import sensor_like
+from moecast.model.data.trend_seasonal import trend_seasonal
 
 SeriesGenerator = Callable[[np.random.Generator, int], np.ndarray]
 

@@ -14,8 +14,7 @@ only while "on" (a running motor vibrates, an idle one reads 0).
 from __future__ import annotations
 
 import numpy as np
-
-from model.data._validation import require_length
+from moecast.model.data._validation import require_length
 
 STEPS_PER_DAY = (24, 48, 96, 288, 1440)  # hourly .. one-minute readings
 

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.data._validation import require_fraction, require_length
+from moecast.model.data._validation import require_fraction, require_length
 
 DAY_S = 86_400.0
 WEEK_DAYS = 7

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.data._validation import require_length
-from model.data.kernel_synth import PERIODS
+from moecast.model.data._validation import require_length
+from moecast.model.data.kernel_synth import PERIODS
 
 MAX_AR_ROOT = 0.95  # keeps AR noise stationary but allows strongly persistent noise
 BURN_IN = 100  # ARMA steps discarded so the kept noise starts in its stationary regime

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from model.data.corpus import Series
-from model.data.gaps import drop_readings
-from model.data.mixture import SyntheticMixture
+from moecast.model.data.corpus import Series
+from moecast.model.data.gaps import drop_readings
+from moecast.model.data.mixture import SyntheticMixture
 
 MIN_OBSERVED = 8  # context points a window needs to be worth learning from
 

@@ -20,10 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from moecast.agent.runtime import Agent, OnTick
+from moecast.agent.settings import AgentSettings, load_settings
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-from agent.runtime import Agent, OnTick
-from agent.settings import AgentSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or next(

@@ -12,12 +12,18 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from moecast.agent.cli import DEFAULT_BUNDLE
+from moecast.quantization.signing import resign_bundle, write_bundle
 
-from agent.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, read_bundle_files
-from agent.cli import DEFAULT_BUNDLE
-from agent.update_wire import Announcement, bundle_topic, chunk_topic, package
-from quantization.fleet import Connection, _wait_all, connected
-from quantization.signing import resign_bundle, write_bundle
+from moecast.bundle.format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    Manifest,
+    read_bundle_files,
+)
+from moecast.bundle.wire import Announcement, bundle_topic, chunk_topic, package
+from moecast.fleet.client import Connection, _wait_all, connected
 
 GROUP = "site-7"
 FLEET = "moecast/fleet"

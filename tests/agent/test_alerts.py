@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from moecast.agent.forecast.alerts import AlertRule, AlertTracker, exceedance_probability
+from moecast.agent.ingest.readings import StreamId
 from pydantic import ValidationError
-
-from agent.alerts import AlertRule, AlertTracker, exceedance_probability
-from agent.readings import StreamId
 
 LEVELS = [0.1, 0.5, 0.9]
 STREAM = StreamId("boiler", "temp")

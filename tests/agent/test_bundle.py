@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.bundle import (
+from moecast.bundle.format import (
     DEV_PUBLIC_KEY,
     ChecksumError,
     CorruptArchiveError,

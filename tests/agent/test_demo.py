@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import pytest
+from moecast.agent.demo import site
+from moecast.agent.demo.broker import EmbeddedBroker
+from moecast.agent.demo.evaluate import Published, score_stream, summarise
+from moecast.agent.demo.observer import ForecastRecord
+from moecast.agent.demo.publisher import connect_client
 
-from agent.demo import site
-from agent.demo.broker import EmbeddedBroker
-from agent.demo.evaluate import Published, score_stream, summarise
-from agent.demo.observer import ForecastRecord
-from agent.demo.publisher import connect_client
 from moecast.cli import main
 from tests.agent.conftest import REPO, Broker
 
@@ -174,9 +174,9 @@ def test_bad_numbers_are_usage_errors():
 
 
 def test_without_matplotlib_the_json_is_written_and_the_png_explained(tmp_path, monkeypatch):
-    from agent.demo.publisher import plan_clock
-    from agent.demo.report import DemoReport
-    from agent.demo.run import DemoOptions
+    from moecast.agent.demo.publisher import plan_clock
+    from moecast.agent.demo.report import DemoReport
+    from moecast.agent.demo.run import DemoOptions
 
     streams = site.simulate(2, 3600, 900, seed=0)
     clock = plan_clock(time.time(), 900, 1, 900)

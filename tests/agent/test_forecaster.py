@@ -16,10 +16,10 @@ import pytest
 import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from agent import cli, forecaster
-from agent.bundle import DEV_PUBLIC_KEY, Bundle, load_bundle
-from agent.forecaster import (
+from moecast.agent import cli
+from moecast.agent.forecast import tick as forecaster
+from moecast.agent.forecast.grid import to_grid
+from moecast.agent.forecast.tick import (
     STALE_INTERVALS,
     STALE_MIN_S,
     Forecaster,
@@ -30,12 +30,13 @@ from agent.forecaster import (
     _round_significant,
     _significand,
 )
-from agent.metrics import AgentMetrics
-from agent.readings import Reading, StreamId
-from agent.resample import to_grid
-from agent.runtime import Agent, TickContext
-from agent.settings import AgentSettings, load_settings
-from agent.streams import StreamRegistry
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.streams import StreamRegistry
+from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.runtime import Agent, TickContext
+from moecast.agent.settings import AgentSettings, load_settings
+
+from moecast.bundle.format import DEV_PUBLIC_KEY, Bundle, load_bundle
 from tests.agent.conftest import AgentProcess, Broker, Client, wait_for
 
 HORIZONS = (1, 8, 32, 64)
@@ -44,9 +45,9 @@ NOW = 1_764_000_000.0
 
 def build_nano_bundle(out: Path, seed: int, model_version: int) -> Path:
     torch = pytest.importorskip("torch", reason="building the test bundle needs torch")
-    from model.config import preset
-    from model.network import MoecastModel
-    from quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
+    from moecast.quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
 
     torch.manual_seed(seed)
     model = MoecastModel(preset("nano"))

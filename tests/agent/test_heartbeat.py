@@ -6,8 +6,8 @@ import json
 import time
 
 import pytest
+from moecast.agent.ops.heartbeat import HEARTBEAT_FILE, Heartbeat, check
 
-from agent.heartbeat import HEARTBEAT_FILE, Heartbeat, check
 from moecast.cli import main
 from tests.agent.conftest import AgentProcess, Broker, wait_for
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moecast.agent.ingest.inbox import InboundMessage, Inbox
+from moecast.agent.ingest.payloads import PayloadLimits
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.store import ReadingStore
+from moecast.agent.ingest.streams import StreamLimits, StreamRegistry
+from moecast.agent.ingest.writer import IngestWorker, RateLimitedLog
+from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.runtime import Agent
+from moecast.agent.settings import IngestSettings
 
-from agent.inbox import InboundMessage, Inbox
-from agent.ingest import IngestWorker, RateLimitedLog
-from agent.metrics import AgentMetrics
-from agent.payloads import PayloadLimits
-from agent.readings import Reading, StreamId
-from agent.runtime import Agent
-from agent.settings import IngestSettings
-from agent.store import ReadingStore
-from agent.streams import StreamLimits, StreamRegistry
 from tests.agent.conftest import Broker, Client, agent_settings, stored_rows, wait_for
 
 NOW = float(int(time.time()))

@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from moecast.agent.ops.metrics import AgentMetrics, Histogram, PrometheusEndpoint, PrometheusError
+from moecast.agent.runtime import Agent
 
-from agent.metrics import AgentMetrics, Histogram, PrometheusEndpoint, PrometheusError
-from agent.runtime import Agent
 from tests.agent.conftest import Broker, agent_settings, free_port, wait_for
 
 

@@ -4,9 +4,8 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.payloads import ParseResult, PayloadLimits, parse_payload
-from agent.readings import Reading, StreamId
+from moecast.agent.ingest.payloads import ParseResult, PayloadLimits, parse_payload
+from moecast.agent.ingest.readings import Reading, StreamId
 
 NOW = 1_700_000_000.0
 LIMITS = PayloadLimits()

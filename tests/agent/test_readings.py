@@ -1,6 +1,11 @@
 import pytest
-
-from agent.readings import InvalidStream, Reading, StreamId, name_problem, parse_topic
+from moecast.agent.ingest.readings import (
+    InvalidStream,
+    Reading,
+    StreamId,
+    name_problem,
+    parse_topic,
+)
 
 
 def test_reading_is_a_ts_value_pair() -> None:

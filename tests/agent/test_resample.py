@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from agent.resample import detect_interval, to_grid
+from moecast.agent.forecast.grid import detect_interval, to_grid
 
 NAN = float("nan")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from moecast.agent.ingest.inbox import InboundMessage
+from moecast.agent.ingest.readings import StreamId
+from moecast.agent.runtime import Agent, TickContext
 
-from agent.inbox import InboundMessage
-from agent.readings import StreamId
-from agent.runtime import Agent, TickContext
 from tests.agent.conftest import Broker, Client, agent_settings, stored_rows, wait_for
 
 BASE_TS = float(int(time.time()) - 3600)  # inside the accepted age

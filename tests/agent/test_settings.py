@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from moecast.agent.ingest.readings import StreamId
+from moecast.agent.settings import SettingsFileError, describe_settings_error, load_settings
 from pydantic import ValidationError
 
-from agent.readings import StreamId
-from agent.settings import SettingsFileError, describe_settings_error, load_settings
 from moecast.cli import main
 
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from moecast.agent.settings_reference import BEGIN, END, field_comments, reference, replace_block
 from pydantic import BaseModel
-
-from agent.settings_reference import BEGIN, END, field_comments, reference, replace_block
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -9,12 +9,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import moecast.agent.updates.slots as slots_module
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moecast.agent.updates.slots import SlotStore
 
-import agent.slots as slots_module
-from agent.bundle import BUNDLE_FILES, Bundle, load_bundle, read_bundle_files
-from agent.slots import SlotStore
+from moecast.bundle.format import BUNDLE_FILES, Bundle, load_bundle, read_bundle_files
 from tests.agent import fleet_kit as kit
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from agent.readings import Reading, StreamId
-from agent.store import ReadingStore, StoreLimits
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.store import ReadingStore, StoreLimits
 
 REPO = Path(__file__).resolve().parents[2]
 TEMP = StreamId("boiler", "temp")
@@ -109,8 +108,8 @@ def test_wal_and_synchronous_mode(db_path: Path, power_loss_safe: bool, synchron
 
 _WRITER = """
 import sys
-from agent.readings import Reading, StreamId
-from agent.store import ReadingStore
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.store import ReadingStore
 
 store = ReadingStore(sys.argv[1])
 batch = 0

@@ -3,10 +3,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
-from agent.readings import Reading, StreamId
-from agent.store import ReadingStore
-from agent.streams import StreamBuffer, StreamLimits, StreamRegistry
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.store import ReadingStore
+from moecast.agent.ingest.streams import StreamBuffer, StreamLimits, StreamRegistry
 
 TEMP = StreamId("boiler", "temp")
 

@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from moecast.agent.runtime import Agent
 
-from agent.runtime import Agent
 from tests.agent.conftest import MOSQUITTO, Broker, Client, agent_settings, stored_rows, wait_for
 
 USER, PASSWORD = "edge", "correct horse"
@@ -145,7 +145,7 @@ def test_a_wrong_password_is_refused_and_logged(
         broker={"tls": {"ca_file": ca}, "username": USER, "password": "wrong"},
     )
     agent = Agent(settings)
-    with caplog.at_level(logging.WARNING, "agent.mqtt"):
+    with caplog.at_level(logging.WARNING, "moecast.agent.ingest.link"):
         agent.start()
         try:
             wait_for(lambda: "refused" in caplog.text, what="the refusal to be logged")
@@ -168,7 +168,7 @@ def test_a_broker_certificate_from_another_ca_is_refused(
         broker={"tls": {"ca_file": other_ca}, "username": USER, "password": PASSWORD},
     )
     agent = Agent(settings)
-    with caplog.at_level(logging.WARNING, "agent.mqtt"):
+    with caplog.at_level(logging.WARNING, "moecast.agent.ingest.link"):
         agent.start()
         try:
             wait_for(lambda: "cannot reach the broker" in caplog.text, what="the failure logged")

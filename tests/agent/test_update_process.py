@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from quantization.fleet import Connection, publish_bundle
+from moecast.fleet.client import Connection, publish_bundle
 from tests.agent import fleet_kit as kit
 from tests.agent.conftest import AgentProcess, Broker, Client, wait_for
 

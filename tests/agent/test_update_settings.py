@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from moecast.agent.settings import load_settings
 from pydantic import ValidationError
 
-from agent.bundle import DEV_PUBLIC_KEY
-from agent.settings import load_settings
+from moecast.bundle.format import DEV_PUBLIC_KEY
 
 
 def test_updates_are_off_by_default(tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.streams import StreamRegistry
+from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.runtime import TickContext
+from moecast.agent.settings import load_settings
+from moecast.agent.updates.manager import UpdateManager, open_slots
 
-from agent.bundle import load_bundle, read_bundle_files
-from agent.forecaster import Forecaster
-from agent.metrics import AgentMetrics
-from agent.readings import Reading, StreamId
-from agent.runtime import TickContext
-from agent.settings import load_settings
-from agent.streams import StreamRegistry
-from agent.updates import UpdateManager, open_slots
+from moecast.bundle.format import load_bundle, read_bundle_files
 from tests.agent import fleet_kit as kit
 
 

@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moecast.agent.cli import DEFAULT_BUNDLE
+from moecast.agent.updates.receiver import CHUNK_OVERHEAD_BYTES, MAX_EARLY_TRANSFERS, Reassembler
 
-from agent.bundle import MANIFEST_FILE, NoTrustedKeyError, SignatureError
-from agent.cli import DEFAULT_BUNDLE
-from agent.update_receiver import CHUNK_OVERHEAD_BYTES, MAX_EARLY_TRANSFERS, Reassembler
-from agent.update_wire import (
+from moecast.bundle.format import MANIFEST_FILE, NoTrustedKeyError, SignatureError
+from moecast.bundle.wire import (
     Announcement,
     ChunkChecksumError,
     Transfer,

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.runtime import Agent
+from moecast.agent.updates.manager import UpdateManager, open_slots
 
-from agent.bundle import load_bundle
-from agent.forecaster import Forecaster
-from agent.runtime import Agent
-from agent.update_wire import DEFAULT_CHUNK_BYTES, Announcement, encode_chunk
-from agent.updates import UpdateManager, open_slots
-from quantization.fleet import Connection, publish_bundle
+from moecast.bundle.format import load_bundle
+from moecast.bundle.wire import DEFAULT_CHUNK_BYTES, Announcement, encode_chunk
+from moecast.fleet.client import Connection, publish_bundle
 from tests.agent import fleet_kit as kit
 from tests.agent.conftest import Broker, Client, agent_settings, stored_count, wait_for
 

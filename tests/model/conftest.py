@@ -12,9 +12,8 @@ if importlib.util.find_spec("torch") is None:
 @pytest.fixture
 def nano():
     import torch
-
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(0)
     return MoecastModel(preset("nano")).eval()
@@ -23,9 +22,8 @@ def nano():
 @pytest.fixture
 def nano_dense():
     import torch
-
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(0)
     return MoecastModel(preset("nano", n_experts=1, top_k=1)).eval()

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model.baselines import StatsBaseline, fill_gaps
+from moecast.model.baselines import StatsBaseline, fill_gaps
 
 
 def test_fill_gaps_interpolates_inside_and_holds_the_ends():
@@ -33,7 +32,7 @@ def test_interval_levels_map_onto_quantiles():
 
 def test_real_statsforecast_models_give_ordered_quantiles():
     pytest.importorskip("statsforecast", reason="baselines need the 'bench' extra")
-    from model.baselines import statsforecast_baselines
+    from moecast.model.baselines import statsforecast_baselines
 
     t = np.arange(200)
     y = 10 + np.sin(2 * np.pi * t / 24) + np.random.default_rng(0).normal(0, 0.1, 200)

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-
-from model.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from moecast.model.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 
 
 def test_save_load_round_trip_is_exact(nano, tmp_path):

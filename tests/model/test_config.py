@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
-from model.config import PRESETS, ModelConfig, preset
-from model.network import MoecastModel
+from moecast.model.config import PRESETS, ModelConfig, preset
+from moecast.model.network import MoecastModel
 
 
 def counts(name: str) -> dict[str, int]:

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from model.data import (
+from moecast.model.data import (
     HELD_OUT_SOURCES,
     PRETRAIN_SOURCES,
     CorpusError,
@@ -20,7 +19,7 @@ from model.data import (
     load_pretraining_corpus,
     load_series_file,
 )
-from model.data.corpus import REPO_ROOT
+from moecast.model.data.corpus import REPO_ROOT
 
 
 def _write(path: Path, text: str) -> Path:

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     import torch.distributed as dist
-    from model.train import TrainConfig, train
+    from moecast.model.train import TrainConfig, train
 
     out = Path(sys.argv[1])
     cfg = TrainConfig(preset="nano", steps=3, batch_size=4, warmup_steps=1, real_weight=0.0,
@@ -48,8 +48,8 @@ def test_two_ranks_end_with_identical_weights(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     # The ranks drew different batches, so identical weights mean gradients were averaged;
     # and training did move them away from the seed initialisation.
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(0)
     fresh = MoecastModel(preset("nano")).state_dict()

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model.data.corpus import default_data_root
-from model.evaluation import Split, evaluate, split, windows
-from model.forecast import Forecast
+from moecast.model.data.corpus import default_data_root
+from moecast.model.evaluation import Split, evaluate, split, windows
+from moecast.model.forecast import Forecast
 
 DATA = default_data_root()
 needs_data = pytest.mark.skipif(

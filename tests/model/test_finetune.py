@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from moecast.model.checkpoint import load_checkpoint, save_checkpoint
+from moecast.model.finetune import finetune, training_windows
 
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.finetune import finetune, training_windows
 from moecast.cli import main
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from model.forecast import Forecaster, as_batch, greedy_schedule
+from moecast.model.forecast import Forecaster, as_batch, greedy_schedule
 
 
 @pytest.fixture

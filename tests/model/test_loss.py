@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
-from model.config import preset
-from model.loss import future_targets, pinball_loss, sequence_loss
-from model.network import MoecastModel
+from moecast.model.config import preset
+from moecast.model.loss import future_targets, pinball_loss, sequence_loss
+from moecast.model.network import MoecastModel
 
 
 def test_pinball_loss_by_hand():

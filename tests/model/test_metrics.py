@@ -4,8 +4,7 @@ import math
 
 import numpy as np
 import pytest
-
-from model.metrics import (
+from moecast.model.metrics import (
     geometric_mean,
     mae,
     mase,

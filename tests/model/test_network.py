@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-
-from model.config import ModelConfig
-from model.network import MoecastModel, MoEFeedForward, monotone_quantiles
+from moecast.model.config import ModelConfig
+from moecast.model.network import MoecastModel, MoEFeedForward, monotone_quantiles
 
 
 def series(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -199,7 +198,7 @@ def test_patch_len_one_is_pointwise(nano):
 
 
 def test_last_observed_carries_the_latest_reading_across_gaps_and_patches():
-    from model.network import last_observed
+    from moecast.model.network import last_observed
 
     nan = float("nan")
     z = torch.tensor(
@@ -216,7 +215,7 @@ def test_last_observed_carries_the_latest_reading_across_gaps_and_patches():
 
 
 def test_a_head_with_unit_last_value_gain_and_no_projection_forecasts_persistence():
-    from model.config import preset
+    from moecast.model.config import preset
 
     model = MoecastModel(preset("nano")).eval()
     for head in model.heads.values():
@@ -234,7 +233,7 @@ def test_a_head_with_unit_last_value_gain_and_no_projection_forecasts_persistenc
 
 
 def test_the_skip_starts_at_zero_and_old_configs_load_without_it():
-    from model.config import ModelConfig, preset
+    from moecast.model.config import ModelConfig, preset
 
     model = MoecastModel(preset("nano"))
     assert all(torch.count_nonzero(h.last_value_gain) == 0 for h in model.heads.values())
@@ -250,7 +249,7 @@ def test_the_skip_starts_at_zero_and_old_configs_load_without_it():
 
 
 def test_hold_probability_counts_equal_observed_pairs_per_lag_by_hand():
-    from model.network import hold_probability
+    from moecast.model.network import hold_probability
 
     x = torch.tensor([[1.0, 1.0, 2.0, 2.0, float("nan"), 2.0]])
     got = hold_probability(x, ~torch.isnan(x), horizon=3)
@@ -261,7 +260,7 @@ def test_hold_probability_counts_equal_observed_pairs_per_lag_by_hand():
 
 
 def test_hold_decode_puts_the_levels_the_atom_covers_on_the_last_value():
-    from model.network import hold_decode
+    from moecast.model.network import hold_decode
 
     levels = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
     q = torch.tensor([[[9.0, 9.5, 10.2, 10.6, 12.0], [9.0, 9.5, 10.2, 10.6, 12.0]]])
@@ -275,7 +274,7 @@ def test_hold_decode_puts_the_levels_the_atom_covers_on_the_last_value():
 
 
 def test_a_held_sensor_gets_its_last_value_exactly_and_a_continuous_one_is_untouched(nano):
-    from model.config import preset
+    from moecast.model.config import preset
 
     x = series(2, 128)
     x[0] = torch.where(torch.arange(128) < 100, 1.0, 0.0)  # an occupancy flag: empty since 100

@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 import pytest
-
-from model.data import (
+from moecast.model.data import (
     GENERATORS,
     SensorSpec,
     SyntheticMixture,
@@ -23,7 +22,7 @@ from model.data import (
     render_trend_seasonal,
     sample_gp,
 )
-from model.data.kernel_synth import (
+from moecast.model.data.kernel_synth import (
     RBF,
     Constant,
     Linear,
@@ -32,8 +31,8 @@ from model.data.kernel_synth import (
     Sum,
     WhiteNoise,
 )
-from model.data.sensor import INTERVALS_S
-from model.data.trend_seasonal import (
+from moecast.model.data.sensor import INTERVALS_S
+from moecast.model.data.trend_seasonal import (
     MAX_AR_ROOT,
     ExponentialTrend,
     PiecewiseLinearTrend,
@@ -493,7 +492,7 @@ def test_mixture_rejects_bad_weights() -> None:
 
 
 def test_regime_series_hold_exact_values_for_long_runs_then_jump():
-    from model.data.regimes import regime_series
+    from moecast.model.data.regimes import regime_series
 
     rng = _rng(21)
     draws = [regime_series(rng, 500) for _ in range(100)]

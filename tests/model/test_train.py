@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from model.checkpoint import load_checkpoint
-from model.data.mixture import SyntheticMixture
-from model.data.windows import WindowSampler
-from model.train import TrainConfig, learning_rate, train
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.data.mixture import SyntheticMixture
+from moecast.model.data.windows import WindowSampler
+from moecast.model.train import TrainConfig, learning_rate, train
 
 
 def config(tmp_path, steps: int, **changes) -> TrainConfig:
@@ -72,7 +71,7 @@ def test_windows_are_reproducible_and_damaged():
 
 
 def test_windows_from_real_series_are_crops_of_them():
-    from model.data.corpus import Series
+    from moecast.model.data.corpus import Series
 
     values = np.arange(1000, dtype=np.float32)
     real = [Series(name="ramp", values=values, interval_s=60.0, source="test")]
@@ -89,9 +88,9 @@ def test_a_sampler_without_data_is_refused():
 
 
 def test_warm_start_copies_a_checkpoint_and_keeps_its_new_parameters_at_identity(tmp_path):
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.checkpoint import save_checkpoint
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(3)
     old = MoecastModel(preset("nano", last_value_skip=False))
@@ -106,9 +105,9 @@ def test_warm_start_copies_a_checkpoint_and_keeps_its_new_parameters_at_identity
 
 
 def test_warm_start_refuses_a_checkpoint_of_another_shape(tmp_path):
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.checkpoint import save_checkpoint
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     save_checkpoint(MoecastModel(preset("nano", d_model=16, n_heads=2)), tmp_path / "other")
     with pytest.raises(RuntimeError, match="size mismatch"):

@@ -14,9 +14,8 @@ if any(importlib.util.find_spec(m) is None for m in ("torch", "onnx", "onnxscrip
 @pytest.fixture(scope="session")
 def nano():
     import torch
-
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     torch.manual_seed(0)
     return MoecastModel(preset("nano")).eval()
@@ -24,14 +23,14 @@ def nano():
 
 @pytest.fixture(scope="session")
 def nano_fp32(nano, tmp_path_factory):
-    from quantization.export import export_onnx
+    from moecast.quantization.export import export_onnx
 
     return export_onnx(nano, tmp_path_factory.mktemp("export") / "nano.fp32.onnx")
 
 
 @pytest.fixture(scope="session")
 def nano_int8(nano_fp32):
-    from quantization.quantize import quantize_int8
+    from moecast.quantization.quantize import quantize_int8
 
     return quantize_int8(nano_fp32, nano_fp32.with_name("nano.int8.onnx"))
 
@@ -51,7 +50,7 @@ def nano_pruned(nano):
 
 @pytest.fixture(scope="session")
 def nano_pruned_fp32(nano_pruned, nano_fp32):
-    from quantization.export import export_onnx
+    from moecast.quantization.export import export_onnx
 
     return export_onnx(nano_pruned, nano_fp32.with_name("nano.pruned.fp32.onnx"))
 

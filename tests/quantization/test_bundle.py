@@ -7,22 +7,12 @@ import shutil
 import stat
 from pathlib import Path
 
+import moecast.quantization.bundle as writer
 import numpy as np
 import pytest
 import torch
-
-import quantization.bundle as writer
-from agent.bundle import (
-    DEV_PUBLIC_KEY,
-    GoldenMismatchError,
-    Manifest,
-    SignatureError,
-    load_bundle,
-    load_public_key,
-)
-from model.checkpoint import save_checkpoint
-from moecast.cli import main
-from quantization.bundle import (
+from moecast.model.checkpoint import save_checkpoint
+from moecast.quantization.bundle import (
     DEV_PRIVATE_KEY,
     build_bundle,
     generate_keypair,
@@ -30,6 +20,16 @@ from quantization.bundle import (
     load_private_key,
     write_bundle,
 )
+
+from moecast.bundle.format import (
+    DEV_PUBLIC_KEY,
+    GoldenMismatchError,
+    Manifest,
+    SignatureError,
+    load_bundle,
+    load_public_key,
+)
+from moecast.cli import main
 
 
 @pytest.fixture

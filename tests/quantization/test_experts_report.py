@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from moecast.model.checkpoint import save_checkpoint
+from moecast.quantization.series_features import FEATURES, series_features
 
-from model.checkpoint import save_checkpoint
 from moecast.cli import main
-from quantization.series_features import FEATURES, series_features
 from tests.quantization.helpers import site_series
 
 T = np.arange(512)
@@ -99,8 +99,8 @@ def test_experts_command_writes_its_table_and_plot(nano, tmp_path, capsys):
 
 
 def test_experts_command_refuses_a_dense_checkpoint(tmp_path, capsys):
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     checkpoint = save_checkpoint(MoecastModel(preset("nano", n_experts=1, top_k=1)), tmp_path / "d")
     csv_path = tmp_path / "x.csv"

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from moecast.quantization.export import BundleGraph
+from moecast.quantization.quantize import quantize_int8
 from onnx import numpy_helper
 
-from quantization.export import BundleGraph
-from quantization.quantize import quantize_int8
 from tests.quantization.helpers import holed_series, run_onnx
 
 FORECASTS = ("h1", "h8", "h32", "h64")

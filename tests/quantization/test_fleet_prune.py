@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from moecast.model.checkpoint import save_checkpoint
+from moecast.quantization.prune import prune_by_load
 
-from agent.bundle import DEV_PUBLIC_KEY, load_bundle
-from model.checkpoint import save_checkpoint
+from moecast.bundle.format import DEV_PUBLIC_KEY, load_bundle
 from moecast.cli import main
-from quantization.fleet import Connection, aggregate_loads, connected
-from quantization.prune import prune_by_load
+from moecast.fleet.client import Connection, aggregate_loads, connected
 from tests.agent.conftest import Broker, broker  # noqa: F401  # the fixture
 
 # nano: 2 layers of 4 experts, top-2. The site uses experts 0, 1 (and a little 3) in layer 0

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from moecast.model.checkpoint import CONFIG_FILE, KEPT_EXPERTS_KEY, load_checkpoint, save_checkpoint
+from moecast.model.config import preset
+from moecast.model.network import MoEFeedForward
+from moecast.quantization.prune import choose_experts, prune_for_site
 
-from model.checkpoint import CONFIG_FILE, KEPT_EXPERTS_KEY, load_checkpoint, save_checkpoint
-from model.config import preset
-from model.network import MoEFeedForward
-from quantization.prune import choose_experts, prune_for_site
 from tests.quantization.conftest import PRUNED_NANO
 from tests.quantization.helpers import holed_series, site_series
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import moecast.quantization.bundle as writer
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from moecast.model.checkpoint import save_checkpoint
+from moecast.quantization.quantize import quantize_int8
 
-import quantization.bundle as writer
-from agent.bundle import DEV_PUBLIC_KEY, load_bundle
-from model.checkpoint import save_checkpoint
+from moecast.bundle.format import DEV_PUBLIC_KEY, load_bundle
 from moecast.cli import main
-from quantization.quantize import quantize_int8
 from tests.quantization.conftest import PRUNED_NANO
 from tests.quantization.helpers import holed_series, run_onnx, site_series
 from tests.quantization.test_export import FORECASTS, reference

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from moecast.model.config import preset
+from moecast.model.network import MoecastModel
+from moecast.quantization.export import BundleGraph, export_onnx
+from moecast.quantization.quantize import KEEP_FLOAT, float_nodes, gemms_to_matmuls, quantize_int8
 
-from model.config import preset
-from model.network import MoecastModel
-from quantization.export import BundleGraph, export_onnx
-from quantization.quantize import KEEP_FLOAT, float_nodes, gemms_to_matmuls, quantize_int8
 from tests.quantization.helpers import holed_series, run_onnx
 
 FORECASTS = ("h1", "h8", "h32", "h64")

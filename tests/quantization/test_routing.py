@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from moecast.quantization.routing import collect_routing
+from moecast.quantization.site_data import context_windows, split_site
 
-from quantization.routing import collect_routing
-from quantization.site_data import context_windows, split_site
 from tests.quantization.helpers import holed_series, site_series
 
 
@@ -91,7 +91,7 @@ def test_bad_input_is_a_clear_error(nano, nano_dense_twin):
 
 @pytest.fixture
 def nano_dense_twin():
-    from model.config import preset
-    from model.network import MoecastModel
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
 
     return MoecastModel(preset("nano", n_experts=1, top_k=1)).eval()

@@ -1,4 +1,4 @@
-"""A/B model slots on disk, and the state file that says which one runs (DESIGN 6).
+"""A/B model slots on disk, and the state file that says which one runs.
 
     <storage_dir>/bundles/a/          a bundle directory (model.onnx, manifest.json, .sig)
     <storage_dir>/bundles/b/
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from agent.bundle import (
+from moecast.bundle.format import (
     BUNDLE_FILES,
     MANIFEST_FILE,
     Bundle,

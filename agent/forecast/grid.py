@@ -1,4 +1,4 @@
-"""Put an irregular stream onto a regular grid, the model's input (DESIGN 7).
+"""Put an irregular stream onto a regular grid, the model's input.
 
 Grid convention: bins are aligned to multiples of the interval since the unix epoch, so the same
 data gives the same grid on every tick. A bin is right-closed, `(end - interval, end]`, and is

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.bundle import EXPERT_LOAD_NAME, Manifest
+from moecast.bundle.format import EXPERT_LOAD_NAME, Manifest
 
 
 class ExpertLoad:

@@ -1,4 +1,4 @@
-"""The forecasting tick (DESIGN 5): grid every due stream, run the bundle on batches of
+"""The forecasting tick: grid every due stream, run the bundle on batches of
 MAX_BATCH streams, publish a forecast per stream, then raise or clear its alerts.
 
 Forecast payload, on `<forecasts>/<device>/<sensor>` (QoS 1, retained, expiring):
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from moecast.agent.forecast.alerts import AlertRule, AlertTracker
+from moecast.agent.forecast.grid import detect_interval, to_grid
+from moecast.agent.ingest.readings import StreamId
+from moecast.agent.runtime import TickContext
+from moecast.agent.settings import AgentSettings
 
-from agent.alerts import AlertRule, AlertTracker
-from agent.bundle import Bundle, output_name
-from agent.readings import StreamId
-from agent.resample import detect_interval, to_grid
-from agent.runtime import TickContext
-from agent.settings import AgentSettings
+from moecast.bundle.format import Bundle, output_name
 
 log = logging.getLogger(__name__)
 

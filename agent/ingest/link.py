@@ -26,16 +26,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
+from moecast.agent.ingest.inbox import InboundMessage, Inbox
+from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.settings import AgentSettings
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.inbox import InboundMessage, Inbox
-from agent.metrics import AgentMetrics
-from agent.settings import AgentSettings
-from agent.update_wire import bundle_topic, chunk_subscription
+from moecast.bundle.wire import bundle_topic, chunk_subscription
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _AfterDisconnectNoise(logging.Filter):
         return not record.getMessage().startswith("Client is not connected")
 
 
-_paho_log = logging.getLogger("agent.mqtt.paho")
+_paho_log = logging.getLogger("moecast.agent.ingest.link.paho")
 _paho_log.addFilter(_AfterDisconnectNoise())
 
 

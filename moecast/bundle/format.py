@@ -1,4 +1,4 @@
-"""Edge bundles: the signed, self-checking package an agent runs (DESIGN.md section 4).
+"""Edge bundles: the signed, self-checking package an agent runs.
 
 A bundle is a directory, or an uncompressed `.tar` of its three files:
 

@@ -1,4 +1,4 @@
-"""Fleet model updates on the agent (DESIGN 6): receive, verify, swap, trial, commit or roll back.
+"""Fleet model updates on the agent: receive, verify, swap, trial, commit or roll back.
 
 Three threads take part, and only the first two ever wait on anything slow:
 
@@ -28,8 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from moecast.agent.forecast.expert_load import ExpertLoad
+from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.runtime import Agent, TickContext
+from moecast.agent.settings import AgentSettings
+from moecast.agent.updates.receiver import Download, MissingChunksError, Reassembler
+from moecast.agent.updates.slots import Interrupted, SlotStore
 
-from agent.bundle import (
+from moecast.bundle.format import (
     DEV_PUBLIC_KEY,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -50,13 +56,7 @@ from agent.bundle import (
     load_public_key,
     output_name,
 )
-from agent.expert_load import ExpertLoad
-from agent.forecaster import Forecaster
-from agent.runtime import Agent, TickContext
-from agent.settings import AgentSettings
-from agent.slots import Interrupted, SlotStore
-from agent.update_receiver import Download, MissingChunksError, Reassembler
-from agent.update_wire import (
+from moecast.bundle.wire import (
     Announcement,
     ChunkChecksumError,
     TransferError,

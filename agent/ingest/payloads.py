@@ -1,6 +1,6 @@
 """Turn one MQTT payload into readings, never raising, whatever the bytes.
 
-Accepted formats (DESIGN 5), all JSON:
+Accepted formats, all JSON:
 
 - an object `{"ts": <time>, "value": <number>}`; a missing `ts` means the arrival time;
 - a list of such objects;
@@ -49,9 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from moecast.agent.ingest.readings import Reading, StreamId, name_problem
 from pydantic import BaseModel, ConfigDict, Field
-
-from agent.readings import Reading, StreamId, name_problem
 
 MILLISECONDS_ABOVE = 1e11
 SENML_RELATIVE_BELOW = 2.0**28

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from moecast.agent.ingest.readings import StreamId, name_problem
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from agent.readings import StreamId, name_problem
 
 Direction = Literal["above", "below"]
 AlertState = Literal["raised", "cleared"]
@@ -98,7 +97,7 @@ def exceedance_probability(
 
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
-    """A rule changed state for a stream (DESIGN 5, the alerts topic)."""
+    """A rule changed state for a stream."""
 
     stream: StreamId
     rule: str

@@ -12,8 +12,8 @@ import contextlib
 import time
 from collections import OrderedDict
 
-from agent.bundle import BundleError
-from agent.update_wire import Chunk, ChunkChecksumError, VerifiedAnnouncement, check_chunk
+from moecast.bundle.format import BundleError
+from moecast.bundle.wire import Chunk, ChunkChecksumError, VerifiedAnnouncement, check_chunk
 
 # What a buffered chunk costs beyond its data (dictionary entry, bytes object, key), measured
 # at ~430 B in CPython 3.11: charged so that a million 1-byte chunks cannot pass as 1 MB.

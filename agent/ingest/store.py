@@ -22,9 +22,8 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+from moecast.agent.ingest.readings import Reading, StreamId
 from pydantic import BaseModel, ConfigDict, Field
-
-from agent.readings import Reading, StreamId
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (

@@ -1,4 +1,4 @@
-"""How a bundle travels over MQTT to a fleet (DESIGN 6): the one definition the publishing side
+"""How a bundle travels over MQTT to a fleet: the one definition the publishing side
 (`quantization.fleet`) and the agent share.
 
 Topics, for a fleet prefix (default `moecast/fleet`) and a group:
@@ -32,7 +32,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from agent.bundle import BundleError, Manifest, SignatureError, verify_signature
+from moecast.bundle.format import BundleError, Manifest, SignatureError, verify_signature
 
 WIRE_VERSION = 1
 # Far below mosquitto's default message_size_limit (none) and the 256 MB MQTT maximum, and

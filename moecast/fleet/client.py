@@ -1,4 +1,4 @@
-"""The operator's side of fleet updates (DESIGN 6): publish signed bundles to a group, and read
+"""The operator's side of fleet updates: publish signed bundles to a group, and read
 back what the group's agents report. No torch: `moecast fleet publish | status` run anywhere.
 
     conn = Connection("mqtts://broker:8883", ca_file="ca.pem", username="ops", password=...)
@@ -28,7 +28,7 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.bundle import (
+from moecast.bundle.format import (
     MANIFEST_FILE,
     MODEL_FILE,
     SIGNATURE_FILE,
@@ -37,7 +37,7 @@ from agent.bundle import (
     public_key_fingerprint,
     read_bundle_files,
 )
-from agent.update_wire import (
+from moecast.bundle.wire import (
     DEFAULT_CHUNK_BYTES,
     Announcement,
     WireError,

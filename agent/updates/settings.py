@@ -1,10 +1,9 @@
-"""Settings of fleet model updates (DESIGN 6): `updates:` in the agent's YAML."""
+"""Settings of fleet model updates: `updates:` in the agent's YAML."""
 
 from __future__ import annotations
 
+from moecast.agent.ingest.readings import name_problem
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from agent.readings import name_problem
 
 DEFAULT_MAX_BUNDLE_BYTES = 64 * 2**20
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
 import numpy as np
+from moecast.agent.ingest.readings import Reading, StreamId
 from pydantic import BaseModel, ConfigDict, Field
-
-from agent.readings import Reading, StreamId
 
 _event_time = itemgetter(0)
 

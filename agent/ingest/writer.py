@@ -29,13 +29,13 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
-from agent.inbox import Flush, InboundMessage, Inbox
-from agent.metrics import AgentMetrics
-from agent.payloads import PayloadLimits, parse_payload
-from agent.readings import InvalidStream, Reading, StreamId, parse_topic
-from agent.settings import IngestSettings
-from agent.store import ReadingStore
-from agent.streams import StreamRegistry
+from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
+from moecast.agent.ingest.payloads import PayloadLimits, parse_payload
+from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
+from moecast.agent.ingest.store import ReadingStore
+from moecast.agent.ingest.streams import StreamRegistry
+from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, public_key_fingerprint
-from agent.update_wire import DEFAULT_CHUNK_BYTES
-from quantization.fleet import (
+from moecast.bundle.format import MANIFEST_FILE, SIGNATURE_FILE, BundleError, public_key_fingerprint
+from moecast.bundle.wire import DEFAULT_CHUNK_BYTES
+from moecast.fleet.client import (
     DEFAULT_AGENTS_PREFIX,
     DEFAULT_FLEET_PREFIX,
     DEFAULT_LISTEN_S,
@@ -34,7 +34,12 @@ from quantization.fleet import (
     publish_bundle,
     status_table,
 )
-from quantization.signing import DEV_PRIVATE_KEY, generate_keypair, load_private_key, resign_bundle
+from moecast.quantization.signing import (
+    DEV_PRIVATE_KEY,
+    generate_keypair,
+    load_private_key,
+    resign_bundle,
+)
 
 PASSWORD_ENV = "MOECAST_FLEET_PASSWORD"
 
@@ -198,9 +203,9 @@ def _status(args: argparse.Namespace) -> int:
 def _prune_for(args: argparse.Namespace) -> int:
     key = _signing_key(args)
     try:
-        from model.checkpoint import load_checkpoint
-        from quantization.bundle import build_bundle
-        from quantization.prune import DEFAULT_COVERAGE, prune_by_load
+        from moecast.model.checkpoint import load_checkpoint
+        from moecast.quantization.bundle import build_bundle
+        from moecast.quantization.prune import DEFAULT_COVERAGE, prune_by_load
     except ModuleNotFoundError as err:
         raise ValueError(
             f"`moecast fleet prune-for` needs {err.name}: pip install 'moecast[export]'"

@@ -1,0 +1,1 @@
+"""Operations: metrics (MQTT and Prometheus) and the heartbeat file."""

@@ -3,7 +3,8 @@ the forecasting tick.
 
 Forecasting plugs in through `on_tick`: a callable that receives a `TickContext` every
 `forecast.cadence_s` seconds, at multiples of the cadence since the epoch (so ticks line up
-with the epoch-aligned grids of `moecast.agent.forecast.grid`). It runs on a scheduler thread, never two at
+with the epoch-aligned grids of `moecast.agent.forecast.grid`). It runs on a scheduler thread,
+never two at
 once; a tick that overruns makes the next one skip rather than queue up. Without `on_tick` the
 agent ingests and stores readings but forecasts nothing.
 """

@@ -208,7 +208,8 @@ class ForecastSettings(_Section):
     # A stream whose newest reading (event time) is older than this at a tick is not forecast
     # (counted as skipped "stale"), so its retained forecast expires rather than being renewed
     # with steps in the past. "auto": 16 of the stream's intervals, at least 600 s (see
-    # moecast.agent.forecast.tick); a fixed time would silence daily streams or keep 1 s ones too long.
+    # moecast.agent.forecast.tick); a fixed time would silence daily streams or keep 1 s ones
+    # too long.
     stale_after_s: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
 
 

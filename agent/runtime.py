@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from moecast.agent.ingest.inbox import Inbox
-from moecast.agent.ingest.link import MqttLink
+from moecast.agent.ingest.link import FleetSink, MqttLink
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ingest.writer import IngestWorker
@@ -44,21 +44,39 @@ class TickContext:
     metrics: AgentMetrics
 
 
-OnTick = Callable[[TickContext], None]
+OnTick = Callable[[TickContext], object]
+
+
+def build_link(
+    settings: AgentSettings,
+    metrics: AgentMetrics | None = None,
+    fleet_sink: FleetSink | None = None,
+) -> MqttLink:
+    """The MQTT link with its inbox (bounded by `ingest.queue_size`) and metrics."""
+    inbox: Inbox = queue.Queue(settings.ingest.queue_size)
+    return MqttLink(settings, inbox, metrics or AgentMetrics(), fleet_sink)
 
 
 class Agent:
     """Owns every part of a running agent; `start`, then `stop` (both from one thread)."""
 
-    def __init__(self, settings: AgentSettings, on_tick: OnTick | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        on_tick: OnTick | None = None,
+        *,
+        link: MqttLink | None = None,
+    ) -> None:
+        """`link` (with its metrics and inbox) is built first by callers that hand it to other
+        parts too, such as the fleet update path; by default the agent builds its own."""
         self.settings = settings
         self._on_tick = on_tick
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         self.store = ReadingStore(settings.readings_db, settings.limits.store)
         self.registry = StreamRegistry(settings.limits.streams)
-        self.metrics = AgentMetrics()
-        self.inbox: Inbox = queue.Queue(settings.ingest.queue_size)
-        self.link = MqttLink(settings, self.inbox, self.metrics)
+        self.link = link if link is not None else build_link(settings)
+        self.metrics = self.link.metrics
+        self.inbox = self.link.inbox
         self.ingest = IngestWorker(
             self.inbox,
             self.store,

@@ -39,6 +39,8 @@ from moecast.bundle.wire import bundle_topic, chunk_subscription
 
 log = logging.getLogger(__name__)
 
+FleetSink = Callable[[str, bytes], None]
+
 
 class _AfterDisconnectNoise(logging.Filter):
     """paho 2.2 logs "Client is not connected" at ERROR once after every clean disconnect,
@@ -55,17 +57,27 @@ _paho_log.addFilter(_AfterDisconnectNoise())
 class MqttLink:
     """Connects, (re)subscribes, enqueues sensor messages, publishes status and acknowledges."""
 
-    def __init__(self, settings: AgentSettings, inbox: Inbox, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        inbox: Inbox,
+        metrics: AgentMetrics,
+        fleet_sink: FleetSink | None = None,
+    ) -> None:
+        """`fleet_sink` receives the group's bundle messages (topic, payload) on the network
+        thread and must only enqueue; without it (or without `updates.group`) the agent does
+        not subscribe to fleet topics."""
         self.settings = settings
-        self._inbox = inbox
-        self._metrics = metrics
+        self.inbox = inbox
+        self.metrics = metrics
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.model_version: str | None = None  # set by the bundle loader once one is active
-        # Receives fleet bundle messages (topic, payload) on the network thread: it must only
-        # enqueue. Set before `start` to subscribe to the group's bundle topics.
-        self.fleet_sink: Callable[[str, bytes], None] | None = None
+        self.model_version: int | None = None  # the active model's, for the status topic
         group = settings.updates.group
-        self._fleet_topic = None if group is None else bundle_topic(settings.topics.fleet, group)
+        self._fleet_sink = fleet_sink
+        self._fleet_topics: list[str] = []
+        if group is not None and fleet_sink is not None:
+            fleet = settings.topics.fleet
+            self._fleet_topics = [bundle_topic(fleet, group), chunk_subscription(fleet, group)]
         self.connected = threading.Event()
         self._stopping = False
         self._unreachable_logged = False  # one warning per outage, not one per retry
@@ -138,7 +150,7 @@ class MqttLink:
             properties.MessageExpiryInterval = expiry_s
         return self._client.publish(topic, payload, qos, retain, properties)
 
-    def set_model_version(self, version: str | None) -> None:
+    def set_model_version(self, version: int | None) -> None:
         """Report `version` as the active model. When it changed, the retained `online` status
         is republished at once (if connected), and the will carries it from the next connect."""
         with self._status_lock:
@@ -183,6 +195,10 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # paho routes the group's bundle topics to their own callback; everything else that
+        # arrives is a sensor message.
+        for topic in self._fleet_topics:
+            client.message_callback_add(topic, self._on_fleet_message)
         client.on_subscribe = self._on_subscribe
         client.on_connect_fail = self._on_connect_fail
         return client
@@ -223,11 +239,11 @@ class MqttLink:
             client.subscribe(subscription, options=options)
         else:
             client.subscribe(subscription, qos=topics.subscribe_qos)
-        if self._fleet_topic is not None and self.fleet_sink is not None:
+        if self._fleet_topics:
             self._subscribe_fleet(client)
         with self._status_lock:
             client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
-        self._metrics.count_connect()
+        self.metrics.count_connect()
         self._unreachable_logged = False
         self.connected.set()
         log.info(
@@ -239,10 +255,7 @@ class MqttLink:
         )
 
     def _subscribe_fleet(self, client: paho.Client) -> None:
-        group = self.settings.updates.group
-        assert self._fleet_topic is not None
-        assert group is not None
-        topics = [self._fleet_topic, chunk_subscription(self.settings.topics.fleet, group)]
+        topics = self._fleet_topics
         if self._v5:
             # Retained bundle messages on every (re)connect, not only on a new subscription:
             # a download cut short by a restart starts over from what the broker retains.
@@ -290,33 +303,28 @@ class MqttLink:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
-        if topic is not None and self._is_fleet(topic):
-            self._to_fleet(client, topic, message)
-            return
         item = InboundMessage(
             topic, message.payload, time.time(), message.mid, message.qos, self._connection
         )
         if message.qos == 0:
             try:
-                self._inbox.put_nowait(item)
+                self.inbox.put_nowait(item)
             except queue.Full:
-                self._metrics.count_dropped("queue_full")
+                self.metrics.count_dropped("queue_full")
         else:
             # Not dropped: an unacknowledged message would only come back after a reconnect.
             # Receive Maximum bounds these below the queue size, so this wait is short.
-            self._inbox.put(item)
+            self.inbox.put(item)
 
-    def _is_fleet(self, topic: str) -> bool:
-        fleet = self._fleet_topic
-        return fleet is not None and (topic == fleet or topic.startswith(f"{fleet}/chunk/"))
-
-    def _to_fleet(self, client: paho.Client, topic: str, message: paho.MQTTMessage) -> None:
+    def _on_fleet_message(
+        self, client: paho.Client, userdata: Any, message: paho.MQTTMessage
+    ) -> None:
         """Hand a bundle message to the update thread, and acknowledge it at once: the broker
         retains it, and resends it with every subscription, so nothing is lost by a crash."""
         if len(message.payload) > self.settings.updates.max_message_bytes:
-            self._metrics.count_dropped("fleet_message_too_large")
-        elif self.fleet_sink is not None:
-            self.fleet_sink(topic, message.payload)
+            self.metrics.count_dropped("fleet_message_too_large")
+        elif self._fleet_sink is not None:
+            self._fleet_sink(message.topic, message.payload)
         if message.qos:
             with self._ack_lock:
                 client.ack(message.mid, message.qos)

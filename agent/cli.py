@@ -26,14 +26,13 @@ from types import FrameType
 from moecast.agent.forecast.tick import Forecaster
 from moecast.agent.ops.heartbeat import HEARTBEAT_FILE, Heartbeat, check
 from moecast.agent.ops.metrics import PrometheusError
-from moecast.agent.runtime import Agent
 from moecast.agent.settings import (
     AgentSettings,
     SettingsFileError,
     describe_settings_error,
     load_settings,
 )
-from moecast.agent.updates.manager import UpdateManager, open_slots
+from moecast.agent.updates.wiring import build_agent, open_slots
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
@@ -69,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check:
         print(settings.effective_yaml(), end="")
+        for warning in trust_warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.health:
         healthy, why = check(settings.storage_dir / HEARTBEAT_FILE)
@@ -83,9 +84,27 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def trust_warnings(settings: AgentSettings) -> list[str]:
+    """What an operator must hear about the keys this agent trusts, at every start."""
+    warnings = []
+    if settings.trust_dev_key:
+        warnings.append(
+            "trust_dev_key is on: the development key's private half is public, so anyone can "
+            "sign a bundle this agent accepts as its configured model; for evaluation only"
+        )
+        if settings.updates.group is not None and settings.updates.accept_dev_key_updates:
+            warnings.append(
+                "updates.accept_dev_key_updates is on: anyone who can publish to "
+                f"{settings.topics.fleet}/{settings.updates.group}/bundle can install a model"
+            )
+    return warnings
+
+
 def serve(settings: AgentSettings) -> int:
     """Run until a termination signal; then store what arrived and say `offline`."""
     stop = threading.Event()
+    for warning in trust_warnings(settings):
+        log.warning(warning)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -95,7 +114,6 @@ def serve(settings: AgentSettings) -> int:
         # A model installed by a fleet update (a committed slot) comes first.
         slots, installed, interrupted = open_slots(settings)
         forecaster = Forecaster(installed, settings) if installed else _forecaster_or_none(settings)
-        updates = UpdateManager(settings, forecaster, slots, interrupted)
     except BundleError as err:
         print(f"error: bundle rejected: {err}", file=sys.stderr)
         return 2
@@ -105,11 +123,10 @@ def serve(settings: AgentSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        agent = Agent(settings, on_tick=updates.on_tick)
+        agent, updates = build_agent(settings, forecaster, slots, interrupted)
     except (OSError, sqlite3.Error) as err:
         print(f"error: cannot open the store in {settings.storage_dir}: {err}", file=sys.stderr)
         return 1
-    updates.attach(agent)
     try:
         agent.start()
         updates.start()

@@ -303,10 +303,16 @@ class AgentSettings(BaseSettings):
     def _derived(self) -> AgentSettings:
         if self.broker.client_id is None:
             self.broker = self.broker.model_copy(update={"client_id": f"moecast-{self.agent_id}"})
-        if self.updates.group is not None and not (self.trusted_keys or self.trust_dev_key):
-            raise ValueError(
-                "updates.group needs trusted_keys: without one no bundle can be accepted"
-            )
+        dev_updates = self.trust_dev_key and self.updates.accept_dev_key_updates
+        if self.updates.group is not None and not (self.trusted_keys or dev_updates):
+            why = "without one no bundle can be accepted"
+            if self.trust_dev_key:
+                why = (
+                    "trust_dev_key covers the shipped bundle, never fleet updates (anyone can "
+                    "sign with the development key; updates.accept_dev_key_updates: true "
+                    "allows it on a lab bench)"
+                )
+            raise ValueError(f"updates.group needs trusted_keys: {why}")
         if self.ingest.queue_size <= self.broker.receive_maximum:
             raise ValueError(
                 "ingest.queue_size must exceed broker.receive_maximum, or QoS 1 deliveries "

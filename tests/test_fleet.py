@@ -109,10 +109,10 @@ def test_status_tabulates_the_groups_agents(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     messages = {
-        "moecast/agents/a1/status": {"state": "online", "model_version": "2", "group": GROUP},
+        "moecast/agents/a1/status": {"state": "online", "model_version": 2, "group": GROUP},
         "moecast/agents/a1/bundle": {"state": "committed", "model_version": 2, "group": GROUP},
-        "moecast/agents/a2/status": {"state": "online", "model_version": "1", "group": "other"},
-        "moecast/agents/a3/status": {"state": "offline", "model_version": "1", "group": GROUP},
+        "moecast/agents/a2/status": {"state": "online", "model_version": 1, "group": "other"},
+        "moecast/agents/a3/status": {"state": "offline", "model_version": 1, "group": GROUP},
         "moecast/agents/a3/bundle": {
             "state": "rejected",
             "model_version": None,

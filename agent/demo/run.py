@@ -103,7 +103,7 @@ def _run(
             forecaster(replace(context, now=clock.now()))
 
     agent = Agent(settings, on_tick=tick)
-    agent.link.model_version = str(forecaster.model_version)
+    agent.link.model_version = forecaster.model_version
     agent.start()
     host, port = settings.broker.host, settings.broker.port
     listener = publisher_client = None

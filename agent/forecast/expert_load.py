@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from moecast.bundle.format import EXPERT_LOAD_NAME, Manifest
+from moecast.bundle.format import Manifest
 
 
 class ExpertLoad:
@@ -36,19 +36,15 @@ class ExpertLoad:
         with self._lock:
             self._manifest, self._sum, self._runs = manifest, None, 0
 
-    def observe(self, outputs: dict[str, np.ndarray]) -> None:
-        load = outputs.get(EXPERT_LOAD_NAME)
-        if load is None:
-            return
-        load = np.asarray(load, dtype=np.float64)
-        # A forecast of non-finite values says nothing about routing and would poison the sum.
-        if not np.isfinite(load).all():
+    def add(self, load: np.ndarray | None, runs: int) -> None:
+        """Add the summed load of `runs` model runs (a tick's `TickOutcome.expert_load`)."""
+        if load is None or runs == 0:
             return
         with self._lock:
             if self._sum is None or self._sum.shape != load.shape:
-                self._sum = np.zeros_like(load)
+                self._sum = np.zeros_like(load, dtype=np.float64)
             self._sum += load
-            self._runs += 1
+            self._runs += runs
 
     def snapshot(self) -> dict[str, Any] | None:
         with self._lock:

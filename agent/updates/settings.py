@@ -31,11 +31,16 @@ class UpdateSettings(BaseModel):
     max_message_bytes: int = Field(default=2 * 2**20, gt=0)
     # How long after an announcement its chunks may take to arrive before it is rejected.
     download_timeout_s: float = Field(default=600.0, gt=0)
-    # Announcements whose signatures are checked, per hour: a flood of (even forged) ones
-    # costs the device an Ed25519 verification each, and is cut off here.
+    # Rejected announcements (malformed, unsigned, forged) reported per hour on the progress
+    # topic and in the log; more are only counted. Copies of one announcement are skipped
+    # unreported, and a validly signed one is never held back by a flood before it.
     max_announcements_per_hour: int = Field(default=60, gt=0)
     # Fleet messages waiting for the update thread; more are dropped (and counted).
     queue_size: int = Field(default=256, gt=0)
+    # Let the development key (trust_dev_key) sign fleet updates too. Its private half is
+    # public: anyone on the broker could install a model. For a lab bench only; the agent
+    # warns at start while it is on.
+    accept_dev_key_updates: bool = False
 
     @field_validator("group")
     @classmethod

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -407,9 +407,6 @@ class Bundle:
         self.path = path
         self._model = model
         self._session = self.session(threads)
-        # Sees every run's outputs (model updates watch a trial's forecasts and aggregate
-        # `expert_load` through it); called on the thread that ran the model.
-        self.on_run: Callable[[dict[str, np.ndarray]], None] | None = None
 
     def session(self, threads: int = 1) -> ort.InferenceSession:
         """A new ONNX Runtime session on `threads` cores. Spinning is off: an idle agent
@@ -437,10 +434,7 @@ class Bundle:
         if values.ndim != 2 or values.shape[1] != expected or values.shape[0] == 0:
             raise ValueError(f"values must have shape [batch >= 1, {expected}], got {values.shape}")
         results = self._session.run(None, {INPUT_NAME: values})
-        outputs = dict(zip(self.output_names, results, strict=True))
-        if self.on_run is not None:
-            self.on_run(outputs)
-        return outputs
+        return dict(zip(self.output_names, results, strict=True))
 
 
 def load_bundle(

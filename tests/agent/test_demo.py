@@ -143,9 +143,11 @@ def test_the_embedded_broker_carries_messages_and_stops():
         done = threading.Event()
         listener = connect_client("127.0.0.1", broker.port, "test-listener", v5=False)
         listener.on_message = lambda c, u, m: (received.append(m.payload), done.set())
+        subacked = threading.Event()
+        listener.on_subscribe = lambda c, u, mid, codes, props: subacked.set()
         listener.subscribe("sensors/#", qos=1)
         talker = connect_client("127.0.0.1", broker.port, "test-talker", v5=False)
-        time.sleep(0.2)  # the subscription is in place
+        assert subacked.wait(10)  # the subscription is in place
         talker.publish("sensors/a/b", b"21.5", qos=1)
         assert done.wait(10)
         assert received == [b"21.5"]
@@ -262,5 +264,5 @@ def test_the_demo_runs_on_a_real_broker_and_cleans_up(broker: Broker, tmp_path, 
     assert all(t.startswith("moecast-demo/demo-") for t in forecasts)
     late = client_factory("late")
     late.subscribe("moecast-demo/+/forecasts/#")
-    time.sleep(1.0)  # retained messages arrive right after the subscription
+    time.sleep(0.5)  # retained messages would follow the SUBACK that subscribe waited for
     assert late.received == []

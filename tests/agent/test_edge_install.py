@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,30 @@ def _pip(command: list[str], cwd: Path) -> None:
         pytest.fail(f"{' '.join(command)} failed:\n{output[-3000:]}")
 
 
+def test_the_wheel_holds_the_single_top_level_package_moecast(edge_venv) -> None:
+    wheel = next((edge_venv.parent / "wheels").glob("moecast-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    roots = {name.split("/")[0] for name in names}
+    assert {root for root in roots if not root.endswith(".dist-info")} == {"moecast"}
+    # Every package folder is in it (pyproject lists them), with the bundle and keys.
+    for path in (
+        "moecast/agent/ingest/writer.py",
+        "moecast/agent/default_bundle/model.onnx",
+        "moecast/bundle/dev_key/DEV-PUBLIC-KEY.pem",
+        "moecast/fleet/cli.py",
+        "moecast/model/data/corpus.py",
+        "moecast/quantization/export.py",
+    ):
+        assert path in names
+    packages = {str(p.parent.relative_to(REPO)) for p in REPO.glob("**/__init__.py")}
+    folders = {
+        p for p in packages if p.split("/")[0] in ("agent", "model", "quantization", "moecast")
+    }
+    mapped = {f"moecast/{p}" if not p.startswith("moecast") else p for p in folders}
+    assert mapped <= {name.rsplit("/", 1)[0] for name in names}
+
+
 @pytest.fixture(scope="module")
 def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("edge")
@@ -86,9 +111,26 @@ def test_the_edge_install_has_no_torch_and_has_the_agent_and_the_demo(edge_venv,
     no_torch = _run([python, "-c", "import torch"], tmp_path, 60)
     assert no_torch.returncode != 0
     assert "No module named 'torch'" in no_torch.stderr
-    where = _run([python, "-c", "import agent, amqtt, rich; print(agent.__file__)"], tmp_path, 60)
+    code = "import moecast.agent, amqtt, rich; print(moecast.agent.__file__)"
+    where = _run([python, "-c", code], tmp_path, 60)
     assert where.returncode == 0, where.stderr
     assert str(edge_venv) in where.stdout  # the installed package, not the checkout
+    # One import root: the folders are mapped into `moecast`, not installed as top-level names
+    # that collide with any user's `model.py` or `agent/`.
+    for name in ("model", "agent", "quantization"):
+        done = _run([python, "-c", f"import {name}"], tmp_path, 60)
+        assert f"No module named '{name}'" in done.stderr
+    check = _run([str(edge_venv / "bin" / "moecast"), "agent", "--check"], tmp_path, 60)
+    assert check.returncode == 0, check.stderr
+    assert "agent_id:" in check.stdout
+    # The demo runs from the edge install: its broker, site and dashboard need no torch.
+    demo = _run(
+        [str(edge_venv / "bin" / "moecast"), "demo", "--no-tui", "--duration", "20"],
+        tmp_path,
+        300,
+    )
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert (tmp_path / "demo-report.json").exists()
     # The shipped bundle is in the wheel; a command needing torch names its extra.
     forecast = _run([str(edge_venv / "bin" / "moecast"), "forecast"], tmp_path, 60)
     assert forecast.returncode == 3

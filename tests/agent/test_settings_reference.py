@@ -35,7 +35,9 @@ def test_every_setting_has_a_row_with_its_environment_variable() -> None:
 def test_the_readme_carries_the_current_reference() -> None:
     text = README.read_text()
     block = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
-    assert block == reference(), "run: python -m agent.settings_reference --readme README.md"
+    assert block == reference(), (
+        "run: python -m moecast.agent.settings_reference --readme README.md"
+    )
 
 
 def test_replacing_needs_both_markers() -> None:

@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from moecast.agent.runtime import Agent
 
-from tests.agent.conftest import MOSQUITTO, Broker, Client, agent_settings, stored_rows, wait_for
+from tests.agent.conftest import (
+    Broker,
+    Client,
+    agent_settings,
+    require_mosquitto,
+    stored_rows,
+    wait_for,
+)
 
 USER, PASSWORD = "edge", "correct horse"
 
@@ -92,9 +99,9 @@ def make_ca_and_server_cert(
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
+    require_mosquitto("mosquitto_passwd")
     passwd_tool = shutil.which("mosquitto_passwd")
-    if MOSQUITTO is None or passwd_tool is None:
-        pytest.skip("mosquitto and mosquitto_passwd are needed (apt-get install mosquitto)")
+    assert passwd_tool is not None
     directory = tmp_path / "broker"
     directory.mkdir()
     ca, cert, key = make_ca_and_server_cert(directory)
@@ -208,8 +215,7 @@ def test_mutual_tls_with_a_client_certificate(tmp_path: Path) -> None:
     """The broker requires a client certificate and takes its common name as the user name
     (how the ACL in firmware_configs/ confines each device); without one the agent is
     refused."""
-    if MOSQUITTO is None:
-        pytest.skip("the mosquitto broker binary is not installed (apt-get install mosquitto)")
+    require_mosquitto()
     directory = tmp_path / "broker"
     directory.mkdir()
     ca_key = ec.generate_private_key(ec.SECP256R1())

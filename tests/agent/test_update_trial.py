@@ -17,7 +17,9 @@ from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ops.metrics import AgentMetrics
 from moecast.agent.runtime import TickContext
 from moecast.agent.settings import load_settings
-from moecast.agent.updates.manager import UpdateManager, open_slots
+from moecast.agent.updates.active import ActiveModel
+from moecast.agent.updates.progress import UpdateProgress
+from moecast.agent.updates.wiring import open_slots
 
 from moecast.bundle.format import load_bundle, read_bundle_files
 from tests.agent import fleet_kit as kit
@@ -26,12 +28,12 @@ from tests.agent import fleet_kit as kit
 class FakeLink:
     def __init__(self) -> None:
         self.published: list[tuple[str, Any]] = []
-        self.versions: list[str | None] = []
+        self.versions: list[int | None] = []
 
     def publish(self, topic: str, payload: Any, qos: int, retain: bool = False, **_: Any) -> None:
         self.published.append((topic, json.loads(payload)))
 
-    def set_model_version(self, version: str | None) -> None:
+    def set_model_version(self, version: int | None) -> None:
         self.versions.append(version)
 
 
@@ -54,14 +56,21 @@ def setup(tmp_path: Path):
     )
     slots, _, _ = open_slots(settings)
     old = load_bundle(v2, [key.public_key()])
-    manager = UpdateManager(settings, Forecaster(old, settings), slots)
     agent = FakeAgent()
-    manager.attach(agent)  # type: ignore[arg-type]
+    progress = UpdateProgress(settings, agent.link)
+    manager = ActiveModel(
+        settings,
+        Forecaster(old, settings),
+        slots,
+        progress,
+        agent.link,
+        agent.metrics,  # type: ignore[arg-type]
+    )
     # What the update thread leaves for the next tick: v3 verified in a slot; its trial
     # starts on disk when the tick swaps it in.
     slot = slots.write_inactive(read_bundle_files(v3))
     new = load_bundle(slots.path(slot), [key.public_key()])
-    manager._ready = (new, "0" * 64, slot)
+    manager.offer(new, "0" * 64, slot)
     return manager, agent, old, new, settings
 
 
@@ -87,17 +96,17 @@ def test_ticks_without_streams_do_not_count_and_healthy_ones_commit(setup) -> No
     before = manager.slots.state
     assert before.phase == "committed"  # a restart now would keep the old model, not fail v3
     for _ in range(3):
-        manager.on_tick(context(settings, agent, streams=0))
+        manager.tick(context(settings, agent, streams=0))
     assert states(agent) == ["active"]
     assert manager.slots.state.phase == "trial"
     assert manager.slots.state.previous == before.active
-    manager.on_tick(context(settings, agent, streams=2))
-    manager.on_tick(context(settings, agent, streams=2))
+    manager.tick(context(settings, agent, streams=2))
+    manager.tick(context(settings, agent, streams=2))
     assert states(agent) == ["active", "committed"]
     assert manager.forecaster is not None
     assert manager.forecaster.bundle is new
     assert manager.slots.state.phase == "committed"
-    assert agent.link.versions[-1] == "3"
+    assert agent.link.versions[-1] == 3
 
 
 def test_a_model_that_breaks_a_tick_is_rolled_back_and_the_tick_still_forecast(setup) -> None:
@@ -107,7 +116,7 @@ def test_a_model_that_breaks_a_tick_is_rolled_back_and_the_tick_still_forecast(s
         raise RuntimeError("kernel failed on this batch size")
 
     new.run = broken  # type: ignore[method-assign]
-    manager.on_tick(context(settings, agent, streams=2))
+    manager.tick(context(settings, agent, streams=2))
     assert states(agent) == ["active", "rolled_back"]
     report = next(p for t, p in agent.link.published if p.get("state") == "rolled_back")
     assert report["reason"] == "tick_failed"
@@ -117,4 +126,4 @@ def test_a_model_that_breaks_a_tick_is_rolled_back_and_the_tick_still_forecast(s
     assert manager.forecaster.bundle is old
     assert manager.slots.state.active is None  # back to the configured bundle
     assert "0" * 64 in manager.slots.state.failed
-    assert agent.link.versions[-1] == "2"
+    assert agent.link.versions[-1] == 2

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from moecast.agent.cli import DEFAULT_BUNDLE
-from moecast.agent.updates.receiver import CHUNK_OVERHEAD_BYTES, MAX_EARLY_TRANSFERS, Reassembler
+from moecast.agent.updates.reassembly import CHUNK_OVERHEAD_BYTES, MAX_EARLY_TRANSFERS, Reassembler
 
 from moecast.bundle.format import MANIFEST_FILE, NoTrustedKeyError, SignatureError
 from moecast.bundle.wire import (

@@ -16,10 +16,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from moecast.agent.forecast.tick import Forecaster
 from moecast.agent.runtime import Agent
-from moecast.agent.updates.manager import UpdateManager, open_slots
+from moecast.agent.updates.wiring import UpdatePath, build_agent, open_slots
+from moecast.quantization.signing import DEV_PRIVATE_KEY, load_private_key
 
-from moecast.bundle.format import load_bundle
-from moecast.bundle.wire import DEFAULT_CHUNK_BYTES, Announcement, encode_chunk
+from moecast.bundle.format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    load_bundle,
+    read_bundle_files,
+)
+from moecast.bundle.wire import DEFAULT_CHUNK_BYTES, Announcement, encode_chunk, package
 from moecast.fleet.client import Connection, publish_bundle
 from tests.agent import fleet_kit as kit
 from tests.agent.conftest import Broker, Client, agent_settings, stored_count, wait_for
@@ -45,7 +52,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, key: Ed25519PrivateKey) ->
 class RunningAgent:
     """An agent wired as `moecast agent` wires it, plus a watcher of what it publishes."""
 
-    def __init__(self, agent: Agent, updates: UpdateManager, watcher: Client) -> None:
+    def __init__(self, agent: Agent, updates: UpdatePath, watcher: Client) -> None:
         self.agent, self.updates, self.watcher = agent, updates, watcher
 
     def reports(self) -> list[dict[str, Any]]:
@@ -109,9 +116,7 @@ def run_agent(
         watcher.subscribe("forecasts/#")
         slots, installed, interrupted = open_slots(settings)
         model = installed or load_bundle(bundle, [public])
-        updates = UpdateManager(settings, Forecaster(model, settings), slots, interrupted)
-        agent = Agent(settings, on_tick=updates.on_tick)
-        updates.attach(agent)
+        agent, updates = build_agent(settings, Forecaster(model, settings), slots, interrupted)
         agent.start()
         updates.start()
         assert agent.link.wait_connected(10)
@@ -170,7 +175,7 @@ def test_an_update_is_received_verified_swapped_and_committed(
     assert committed["model_version"] == 2
     assert committed["active_version"] == 2
     running.wait_forecast_after(committed["ts"], 2)
-    assert running.agent.link.model_version == "2"
+    assert running.agent.link.model_version == 2
     state = json.loads((running.agent.settings.storage_dir / "bundles/state.json").read_text())
     assert state["active"] == "a"
     assert state["phase"] == "committed"
@@ -199,8 +204,8 @@ def test_a_restarted_agent_runs_the_committed_slot_and_ignores_the_replay(
     # Configured with v1 still: the committed slot wins; the retained v2 comes again and is
     # recognised as the model already running.
     second = run_agent(bundles["v1"])
-    assert second.updates.forecaster is not None
-    assert second.updates.forecaster.model_version == 2
+    assert second.updates.active.forecaster is not None
+    assert second.updates.active.forecaster.model_version == 2
     started = time.time()
     second.wait_forecast_after(started, 2)
     time.sleep(1.0)
@@ -324,7 +329,7 @@ def test_a_bad_update_is_refused_and_the_old_model_keeps_forecasting(
     assert final["detail"]
     assert final["active_version"] == 2
     running.wait_forecast_after(final["ts"], 2)
-    assert running.agent.link.model_version == "2"
+    assert running.agent.link.model_version == 2
     assert running.agent.metrics.snapshot()["forecast_skipped"].get("non_finite_forecast", 0) <= 3
 
 
@@ -425,7 +430,7 @@ def test_a_downgrade_installs_only_if_signed_after_the_active_model(
     refused = running.wait_state("rejected")
     assert refused["reason"] == "not_newer"
     assert "signed before the active model" in refused["detail"]
-    assert active.model_version == "2"
+    assert active.model_version == 2
 
     fresh = kit.default_as(
         tmp_path / "fresh", key, 1, allow_downgrade=True, created=made + timedelta(days=1)
@@ -433,7 +438,7 @@ def test_a_downgrade_installs_only_if_signed_after_the_active_model(
     publish_bundle(Connection(broker.url), fresh, kit.GROUP, key)
     committed = running.wait_state("committed")
     assert committed["model_version"] == 1
-    assert active.model_version == "1"
+    assert active.model_version == 1
 
 
 def test_a_junk_chunk_does_not_cancel_a_good_download(
@@ -458,3 +463,75 @@ def test_a_junk_chunk_does_not_cancel_a_good_download(
     committed = running.wait_state("committed")
     assert committed["model_version"] == 3
     assert running.states()[-4:] == ["received", "verified", "active", "committed"]
+
+
+def test_a_bundle_signed_with_the_development_key_is_never_installed_by_update(
+    run_agent: Callable[..., RunningAgent],
+    bundles: dict[str, Path],
+    broker: Broker,
+    client_factory: Callable[[str], Client],
+    tmp_path: Path,
+) -> None:
+    """trust_dev_key is for the shipped bundle: its private half is public, so a fleet update
+    signed with it must be refused even by an agent that trusts it for its own model."""
+    running = run_agent(bundles["v2"], trust_dev_key=True)
+    feed(client_factory("sensors"))
+    running.wait_forecast_after(0, 2)
+    dev_key = load_private_key(DEV_PRIVATE_KEY)
+    forged = kit.default_as(tmp_path / "v99", dev_key, 99)
+    publish_bundle(Connection(broker.url), forged, kit.GROUP, dev_key)
+    refused = running.wait_state("rejected")
+    assert refused["reason"] in ("signature", "no_trusted_key")
+    assert running.agent.link.model_version == 2
+
+
+def test_a_flood_of_junk_and_copies_does_not_hold_back_a_real_update(
+    run_agent: Callable[..., RunningAgent],
+    bundles: dict[str, Path],
+    broker: Broker,
+    key: Ed25519PrivateKey,
+    client_factory: Callable[[str], Client],
+) -> None:
+    running = run_agent(bundles["v1"], updates={"max_announcements_per_hour": 2})
+    feed(client_factory("sensors"))
+    running.wait_forecast_after(0, 1)
+    announcement, _ = kit.packaged(bundles["v2"], key)
+    forged = [
+        Announcement(announcement.manifest, b"", announcement.transfer + b" " * i, b"").to_bytes()
+        for i in range(1, 6)
+    ]
+    for payload in forged + [forged[0]] * 20:  # five forgeries, then one of them 20 times more
+        kit.send(broker.url, payload, [])
+    wait_for(
+        lambda: running.agent.metrics.snapshot()["dropped"].get("fleet_announcement_rate") == 3,
+        what="three forgeries counted but not reported (the hour's two reports used)",
+    )
+    publish_bundle(Connection(broker.url), bundles["v2"], kit.GROUP, key)
+    committed = running.wait_state("committed")
+    assert committed["model_version"] == 2
+    dropped = running.agent.metrics.snapshot()["dropped"]
+    assert dropped["fleet_duplicate_announcement"] == 20
+    assert running.states().count("rejected") == 2
+
+
+def test_a_corrupt_transfer_does_not_block_its_manifest(
+    forecasting: Callable[[str], RunningAgent],
+    broker: Broker,
+    bundles: dict[str, Path],
+    key: Ed25519PrivateKey,
+) -> None:
+    """A transfer whose bytes are not the signed model (damaged before it was sent) is
+    rejected; the same manifest, sent again correctly, installs."""
+    running = forecasting("v2")
+    files = read_bundle_files(bundles["v3"])
+    model = bytearray(files[MODEL_FILE])
+    model[len(model) // 2] ^= 0xFF
+    damaged, chunks = package(
+        files[MANIFEST_FILE], files[SIGNATURE_FILE], bytes(model), key.sign, kit.CHUNK_BYTES
+    )
+    kit.send(broker.url, damaged.to_bytes(), list(chunks))
+    refused = running.wait_state("rejected")
+    assert refused["reason"] == "model_checksum"
+    publish_bundle(Connection(broker.url), bundles["v3"], kit.GROUP, key)
+    committed = running.wait_state("committed")
+    assert committed["model_version"] == 3

@@ -1,0 +1,95 @@
+"""Forecast payloads, on `<forecasts>/<device>/<sensor>` (QoS 1, retained, expiring):
+
+    {"stream": "boiler/temp", "model_version": 3, "issued_at": 1764040000.0,
+     "interval_s": 60.0, "grid_end": 1764039960.0, "quantile_levels": [0.1, ..., 0.9],
+     "horizons": {"1": {"ts": [...], "median": [...], "quantiles": {"0.1": [...], ...}},
+                  "8": {...}, "32": {...}, "64": {...}}}
+
+Step `i` (from 1) of every horizon lies at `grid_end + i * interval_s`, `grid_end` being the
+label (end) of the last bin of the stream's grid. Values are rounded to 6 significant digits
+(a forecast of float32 noise stays compact) and written by orjson, numpy arrays as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+if TYPE_CHECKING:
+    from moecast.agent.forecast.tick import GridRow
+
+SIGNIFICANT_DIGITS = 6
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
+    """`values` rounded to `digits` significant digits (float64; finite values only)."""
+    values = np.asarray(values, dtype=np.float64)
+    magnitude = np.abs(values)
+    exponent = np.floor(np.log10(magnitude, out=np.zeros_like(values), where=magnitude > 0))
+    decimals = (digits - 1 - exponent).astype(np.int64)
+    up = 10.0 ** np.maximum(decimals, 0)
+    down = 10.0 ** np.maximum(-decimals, 0)
+    positive = decimals >= 0
+    # Dividing by an exact power of ten rounds once, to the double nearest the decimal;
+    # multiplying by 10**-k (not exact) would not.
+    return np.where(positive, np.round(values * up) / up, np.round(values / down) * down)
+
+
+def median_weights(levels: np.ndarray) -> np.ndarray:
+    """Weights `w` with `quantiles @ w` = the 0.5 quantile: the 0.5 column itself when the model
+    has one (exactly, as a one-hot), else interpolated linearly between the levels around it."""
+    return np.array([np.interp(0.5, levels, unit) for unit in np.eye(levels.size)])
+
+
+class PayloadEncoder:
+    """The JSON bytes of forecast payloads, for many streams at once: the rounding and the
+    median are computed for the whole block with numpy, orjson writes each payload."""
+
+    def __init__(self, horizons: Sequence[int], levels: Sequence[float]) -> None:
+        self._horizons = tuple(horizons)
+        self._levels = list(levels)
+        self._level_keys = [str(level) for level in levels]
+        self._weights = median_weights(np.asarray(levels, dtype=np.float64))
+        self._steps = {h: np.arange(1, h + 1, dtype=np.float64) for h in self._horizons}
+
+    def encode(
+        self,
+        rows: Sequence[GridRow],
+        quantiles: dict[int, np.ndarray],
+        now: float,
+        model_version: int,
+    ) -> list[bytes]:
+        """One payload per row; `quantiles[h]` is `[len(rows), h, n_levels]`, sorted per step
+        and finite."""
+        medians, columns = {}, {}
+        for h in self._horizons:
+            q = np.asarray(quantiles[h], dtype=np.float64)
+            medians[h] = round_significant(q @ self._weights)
+            # [rows, levels, steps], C-contiguous: each level of a row is one array to orjson.
+            columns[h] = np.ascontiguousarray(round_significant(q).transpose(0, 2, 1))
+        issued_at = round(now, 3)
+        payloads = []
+        for i, row in enumerate(rows):
+            horizons = {
+                str(h): {
+                    "ts": np.round(row.grid_end + row.interval_s * self._steps[h], 6),
+                    "median": medians[h][i],
+                    "quantiles": dict(zip(self._level_keys, columns[h][i], strict=True)),
+                }
+                for h in self._horizons
+            }
+            payload = {
+                "stream": str(row.stream),
+                "model_version": model_version,
+                "issued_at": issued_at,
+                "interval_s": row.interval_s,
+                "grid_end": row.grid_end,
+                "quantile_levels": self._levels,
+                "horizons": horizons,
+            }
+            payloads.append(orjson.dumps(payload, option=_OPTIONS))
+        return payloads

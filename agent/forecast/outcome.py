@@ -1,0 +1,75 @@
+"""What a forecasting tick did, returned by the tick rather than reported through a callback:
+who ran, what was skipped, the health of the model's raw outputs (a model on trial is judged
+on it) and the routing mass it used (per-site pruning reads it)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moecast.bundle.format import EXPERT_LOAD_NAME, output_name
+
+
+@dataclass
+class OutputHealth:
+    """The worst of every model run of a tick, per head, on the raw (unsorted) outputs."""
+
+    rows: int = 0
+    non_finite: dict[str, int] = field(default_factory=dict)  # head -> rows with NaN/inf
+    crossing_share: dict[str, float] = field(default_factory=dict)  # head -> worst run's share
+
+    def observe(self, outputs: dict[str, np.ndarray], horizons: tuple[int, ...]) -> None:
+        for horizon in horizons:
+            name = output_name(horizon)
+            values = np.asarray(outputs[name], dtype=np.float64)
+            finite = np.isfinite(values).all(axis=(1, 2))
+            self.non_finite[name] = self.non_finite.get(name, 0) + int(np.count_nonzero(~finite))
+            if not finite.all():
+                continue  # crossings of NaN say nothing
+            # A relative slack: float rounding of two equal quantiles is not a crossing.
+            slack = 1e-6 * (1.0 + np.abs(values).max(axis=-1, keepdims=True))
+            crossed = float((np.diff(values, axis=-1) < -slack).any(axis=-1).mean())
+            self.crossing_share[name] = max(self.crossing_share.get(name, 0.0), crossed)
+        self.rows += len(next(iter(outputs.values())))
+
+    def problem(self, max_crossing_share: float) -> tuple[str, str] | None:
+        """Why these outputs are unhealthy, as (reason, detail), or None: non-finite values,
+        or more than `max_crossing_share` of a run's forecast steps with quantiles out of
+        order."""
+        for name, bad in self.non_finite.items():
+            if bad:
+                return "non_finite", f"{name} is not finite for {bad} of {self.rows} streams"
+        for name, share in self.crossing_share.items():
+            if share > max_crossing_share:
+                return "crossing", f"{name}: quantiles cross in {share:.1%} of the steps"
+        return None
+
+
+@dataclass
+class TickOutcome:
+    """One tick of the forecaster."""
+
+    model_version: int
+    forecast: int = 0  # streams whose forecast was published
+    skipped: Counter[str] = field(default_factory=Counter)
+    runs: int = 0  # model runs (batches)
+    health: OutputHealth = field(default_factory=OutputHealth)
+    expert_load: np.ndarray | None = None  # summed over the runs whose load was finite
+    expert_load_runs: int = 0
+
+    def observe_run(self, outputs: dict[str, np.ndarray], horizons: tuple[int, ...]) -> None:
+        self.runs += 1
+        self.health.observe(outputs, horizons)
+        load = outputs.get(EXPERT_LOAD_NAME)
+        if load is None:
+            return
+        load = np.asarray(load, dtype=np.float64)
+        # A forecast of non-finite values says nothing about routing and would poison the sum.
+        if not np.isfinite(load).all():
+            return
+        if self.expert_load is None or self.expert_load.shape != load.shape:
+            self.expert_load = np.zeros_like(load)
+        self.expert_load += load
+        self.expert_load_runs += 1

@@ -46,6 +46,15 @@ from pydantic_settings import (
 )
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# The user-info part of anything URL-shaped, up to its last '@': greedy, so a password holding
+# '/' or ':' is masked too. Usernames are masked along with passwords, since some brokers take
+# a token as the user name.
+_URL_USERINFO = re.compile(r"(?<=://)[^\s'\"]*@")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the credentials of any URL in it masked: error messages echo their input."""
+    return _URL_USERINFO.sub("***@", text)
 
 
 class _Section(BaseModel):
@@ -397,10 +406,12 @@ def describe_settings_error(error: Exception) -> list[str]:
                 message = "unknown setting"
             elif isinstance(shown, str | int | float) and not secret and repr(shown) not in message:
                 message += f" (got {shown!r})"
-            lines.append(f"{path}: {message}" if path else message)
+            line = f"{path}: {message}" if path else message
+            # Validators quote the URL they reject, and a URL can carry a password.
+            lines.append(redact_urls(line))
         return lines
     # SettingsError: an environment variable that is not valid JSON for a list or mapping.
-    return [str(error)]
+    return [redact_urls(str(error))]
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

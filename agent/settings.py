@@ -26,6 +26,7 @@ from moecast.agent.ingest.payloads import PayloadLimits
 from moecast.agent.ingest.readings import StreamId, name_problem
 from moecast.agent.ingest.store import StoreLimits
 from moecast.agent.ingest.streams import StreamLimits
+from moecast.agent.ops.metrics import is_loopback_host, prometheus_exposure_warning
 from moecast.agent.updates.settings import UpdateSettings
 from pydantic import (
     BaseModel,
@@ -242,7 +243,9 @@ class Limits(_Section):
 class MetricsSettings(_Section):
     interval_s: float = Field(default=60.0, gt=0)  # publishing period on the metrics topic
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)  # None: no endpoint
-    prometheus_host: str = "127.0.0.1"  # 0.0.0.0 exposes the endpoint beyond the device
+    # The endpoint has no authentication: anything but a loopback address exposes it beyond the
+    # device, and the agent warns at start and in --check.
+    prometheus_host: str = "127.0.0.1"
 
 
 def _default_agent_id() -> str:
@@ -348,9 +351,34 @@ class AgentSettings(BaseSettings):
         """The first stream rule whose pattern matches `stream`, if any."""
         return next((rule for rule in self.streams if rule.matches(stream)), None)
 
+    def warnings(self) -> list[str]:
+        """Valid but risky choices, one line each: `--check` prints them as YAML comments."""
+        found = []
+        if self.metrics.prometheus_port is not None:
+            exposed = prometheus_exposure_warning(self.metrics.prometheus_host)
+            if exposed is not None:
+                found.append(exposed)
+        broker = self.broker
+        if not is_loopback_host(broker.host):
+            if not broker.uses_tls:
+                found.append(
+                    f"broker.url {broker.url!r} is a remote broker without TLS: readings and "
+                    "credentials cross the network in clear text; use mqtts://"
+                )
+            elif broker.tls.insecure:
+                found.append("broker.tls.insecure is set: the broker's identity is not checked")
+            if broker.username is None and broker.tls.cert_file is None:
+                found.append(
+                    "a remote broker without authentication: set broker.username (and the "
+                    "password in MOECAST_BROKER__PASSWORD) or a client certificate"
+                )
+        return found
+
     def effective_yaml(self) -> str:
-        """The settings as YAML, secrets masked: what `moecast agent --check` prints."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The settings as YAML, secrets masked, after any warnings as comments: what
+        `moecast agent --check` prints."""
+        comments = "".join(f"# WARNING: {warning}\n" for warning in self.warnings())
+        return comments + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 class SettingsFileError(ValueError):

@@ -225,6 +225,9 @@ class ForecastSettings(_Section):
 
 class IngestSettings(_Section):
     queue_size: int = Field(default=10_000, gt=0)  # messages between the network and the writer
+    # Payload bytes between the network and the writer: over it, QoS 0 messages are dropped
+    # ("queue_full") and QoS 1 ones wait. The message count alone allows gigabytes.
+    queue_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
     # Payload bytes per transaction (one message may exceed it): a reading takes ~5x its JSON
     # size in memory until committed, so a thousand batch payloads in one transaction would
@@ -323,6 +326,11 @@ class AgentSettings(BaseSettings):
             raise ValueError(
                 "ingest.queue_size must exceed broker.receive_maximum, or QoS 1 deliveries "
                 "can stall the network thread"
+            )
+        if self.limits.payload.max_bytes > self.ingest.queue_bytes:
+            raise ValueError(
+                "limits.payload.max_bytes must not exceed ingest.queue_bytes: such a message "
+                "would only fit into an empty queue"
             )
         return self
 

@@ -94,6 +94,8 @@ class IngestWorker:
         self._bad_input = RateLimitedLog(log, settings.log_interval_s)
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="moecast-ingest", daemon=True)
+        if isinstance(inbox, Inbox):
+            metrics.add_gauge("queue_bytes", lambda: inbox.queued_bytes)
 
     def start(self) -> None:
         """Restore the buffers from SQLite, then start taking messages."""
@@ -197,6 +199,15 @@ class IngestWorker:
         except InvalidStream as err:
             rejected[err.reason] += 1
             self._bad_input.warning(err.reason, "rejected topic: %s", err.detail)
+            return
+        if message.oversized:
+            rejected["too_large"] += 1
+            self._bad_input.warning(
+                "too_large",
+                "rejected a %d-byte payload on %s (limits.payload.max_bytes)",
+                message.oversized,
+                stream,
+            )
             return
         result = parse_payload(message.payload, message.arrival_ts, self._limits)
         for reason, count in result.rejected.items():

@@ -5,8 +5,10 @@ batches, bounded by a message count, their payload bytes and a time window, and 
 
 1. parses topics and payloads, counting every rejection by reason;
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
-   limits, and collects exactly what it kept;
-3. writes that to SQLite in one transaction;
+   limits (evicting idle streams when a new one needs a slot), and collects exactly what it
+   kept;
+3. writes that to SQLite in one transaction, with when each stream's readings arrived and the
+   rows of the streams evicted;
 4. only then acknowledges the batch's QoS 1 messages, including rejected ones, which would fail
    the same way on every redelivery.
 
@@ -99,7 +101,8 @@ class IngestWorker:
 
     def start(self) -> None:
         """Restore the buffers from SQLite, then start taking messages."""
-        restored = self._registry.restore(self._store.restore_all(self._registry.limits.max_points))
+        history = self._store.restore_all(self._registry.limits.max_points)
+        restored = self._registry.restore(history, self._store.last_arrivals())
         log.info("restored the recent history of %d streams from SQLite", restored)
         self._thread.start()
 
@@ -162,10 +165,11 @@ class IngestWorker:
     def _ingest(self, batch: list[InboundMessage]) -> bool:
         """Store and acknowledge one batch; False if `stop` abandoned it unstored."""
         kept: dict[StreamId, list[Reading]] = {}
+        arrivals: dict[StreamId, float] = {}
         rejected: Counter[str] = Counter()
         for message in batch:
             try:
-                self._parse(message, kept, rejected)
+                self._parse(message, kept, arrivals, rejected)
             except Exception:
                 # Should not happen: the parsers never raise on input. But one message that
                 # crashed the writer would be redelivered at every restart, forever; count it,
@@ -178,7 +182,15 @@ class IngestWorker:
                     exc_info=True,
                 )
         accepted = sum(len(readings) for readings in kept.values())
-        if kept and not self._write(kept):
+        evicted = self._registry.take_evicted()
+        if evicted:
+            log.info(
+                "evicted %d streams idle for over %.0f s (limits.streams.evict_idle_s) to make "
+                "room for new ones; their stored readings are deleted",
+                len(evicted),
+                self._registry.limits.evict_idle_s,
+            )
+        if (kept or evicted) and not self._write(kept, arrivals, evicted):
             return False
         self._metrics.count_batch(len(batch), accepted, rejected, self._registry.dropped)
         self._metrics.count_acked(self._acknowledger.ack(batch))
@@ -188,6 +200,7 @@ class IngestWorker:
         self,
         message: InboundMessage,
         kept: dict[StreamId, list[Reading]],
+        arrivals: dict[StreamId, float],
         rejected: Counter[str],
     ) -> None:
         if message.topic is None:
@@ -216,16 +229,31 @@ class IngestWorker:
                 reason, "rejected %d reading(s) on %s: %s", count, stream, reason
             )
         for target, readings in result.by_stream(stream).items():
-            taken = self._registry.insert(target, readings)
+            taken = self._registry.insert(target, readings, message.arrival_ts)
             if taken:
                 kept.setdefault(target, []).extend(taken)
+            if target in self._registry:
+                arrivals[target] = max(arrivals.get(target, message.arrival_ts), message.arrival_ts)
+            else:
+                self._bad_input.warning(
+                    "stream_limit",
+                    "refused new stream %s: %d streams held (limits.streams.max_streams), none "
+                    "idle for limits.streams.evict_idle_s",
+                    target,
+                    self._registry.limits.max_streams,
+                )
 
-    def _write(self, kept: dict[StreamId, list[Reading]]) -> bool:
+    def _write(
+        self,
+        kept: dict[StreamId, list[Reading]],
+        arrivals: dict[StreamId, float],
+        evicted: list[StreamId],
+    ) -> bool:
         delay = 0.05
         while True:
             started = time.perf_counter()
             try:
-                self._store.write(kept)
+                self._store.write(kept, arrivals, evicted)
             except sqlite3.Error as err:
                 self._metrics.count_store_error()
                 log.error(

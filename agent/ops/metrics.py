@@ -263,6 +263,13 @@ class _Collector:
             for reason, count in snap[name].items():
                 family.add_metric([reason], count)
             yield family
+        lost = snap.get("lost_upstream")
+        if lost is not None:
+            yield CounterMetricFamily(
+                "moecast_agent_lost_upstream",
+                "readings that never arrived, from gaps in their sequence numbers",
+                value=lost["total"],
+            )
         for name in self._metrics.gauge_names:
             yield GaugeMetricFamily(f"moecast_agent_{name}", name, value=snap[name])
         for name, doc in (

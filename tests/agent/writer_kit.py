@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from moecast.agent.ingest.inbox import InboundMessage, Inbox
+from moecast.agent.ingest.readings import StreamId
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ingest.writer import IngestWorker
@@ -77,7 +78,5 @@ class WriterKit:
     def held(self, stream: str) -> list[float]:
         """Event times in the stream's buffer; [] for a stream not held."""
         device, sensor = stream.split("/")
-        from moecast.agent.ingest.readings import StreamId
-
         snapshot = self.registry.snapshot(StreamId(device, sensor))
         return [] if snapshot is None else snapshot[0].tolist()

@@ -16,6 +16,7 @@ which batches parsed messages into `write` and acknowledges them once `write` ha
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS readings (
 # agent clock (unix s) when the stream's readings last arrived, for idle eviction; seq_state:
 # the sequence-gap tracker's state (agent.ingest.sequence), JSON.
 _ADDED_COLUMNS = {"last_arrival": "REAL", "seq_state": "TEXT"}
+_ARRIVAL_RESOLUTION_S = 60.0
 
 
 class StoreLimits(BaseModel):
@@ -87,6 +89,7 @@ class ReadingStore:
         # Inserts since each stream's last prune. Existing streams start due, so a lowered
         # retention or rows written by an earlier run are pruned at their next write.
         self._unpruned: dict[int, int] = dict.fromkeys(self._ids.values(), self.limits.prune_slack)
+        self._stamped: dict[int, float] = {}  # last_arrival as last written, per stream id
 
     def write(
         self,
@@ -137,18 +140,32 @@ class ReadingStore:
             ]
             for stream_id in due:
                 self._prune(stream_id)
-            live = {s: i for s, i in {**self._ids, **new_ids}.items() if i not in gone}
-            if arrivals:
-                db.executemany(
-                    "UPDATE streams SET last_arrival = max(coalesce(last_arrival, 0), ?) "
-                    "WHERE id = ?",
-                    [(ts, live[s]) for s, ts in arrivals.items() if s in live],
-                )
-            if seq_states:
-                db.executemany(
-                    "UPDATE streams SET seq_state = ? WHERE id = ?",
-                    [(state, live[s]) for s, state in seq_states.items() if s in live],
-                )
+
+            def row_id(stream: StreamId) -> int | None:
+                stream_id = new_ids.get(stream, self._ids.get(stream))
+                return None if stream_id in gone else stream_id
+
+            # Arrivals matter to the day (idle eviction) and to the minute (the restored
+            # watermark, where older only means more lenient): an update a minute per stream
+            # rather than one per batch.
+            stamped = [
+                (ts, stream_id)
+                for stream, ts in (arrivals or {}).items()
+                if (stream_id := row_id(stream)) is not None
+                and ts - self._stamped.get(stream_id, -math.inf) >= _ARRIVAL_RESOLUTION_S
+            ]
+            db.executemany(
+                "UPDATE streams SET last_arrival = max(coalesce(last_arrival, 0), ?) WHERE id = ?",
+                stamped,
+            )
+            db.executemany(
+                "UPDATE streams SET seq_state = ? WHERE id = ?",
+                [
+                    (state, stream_id)
+                    for stream, state in (seq_states or {}).items()
+                    if (stream_id := row_id(stream)) is not None
+                ],
+            )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -159,6 +176,8 @@ class ReadingStore:
             stream_id = self._ids.pop(stream, None)
             if stream_id is not None:
                 self._unpruned.pop(stream_id, None)
+                self._stamped.pop(stream_id, None)
+        self._stamped.update((stream_id, ts) for ts, stream_id in stamped)
         self._ids.update(new_ids)
         for stream_id, count in counts.items():
             self._unpruned[stream_id] = self._unpruned.get(stream_id, 0) + count

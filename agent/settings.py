@@ -26,6 +26,7 @@ from moecast.agent.ingest.payloads import PayloadLimits
 from moecast.agent.ingest.readings import StreamId, name_problem
 from moecast.agent.ingest.store import StoreLimits
 from moecast.agent.ingest.streams import StreamLimits
+from moecast.agent.ops.metrics import is_loopback_host, prometheus_exposure_warning
 from moecast.agent.updates.settings import UpdateSettings
 from pydantic import (
     BaseModel,
@@ -46,6 +47,15 @@ from pydantic_settings import (
 )
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# The user-info part of anything URL-shaped, up to its last '@': greedy, so a password holding
+# '/' or ':' is masked too. Usernames are masked along with passwords, since some brokers take
+# a token as the user name.
+_URL_USERINFO = re.compile(r"(?<=://)[^\s'\"]*@")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the credentials of any URL in it masked: error messages echo their input."""
+    return _URL_USERINFO.sub("***@", text)
 
 
 class _Section(BaseModel):
@@ -215,6 +225,9 @@ class ForecastSettings(_Section):
 
 class IngestSettings(_Section):
     queue_size: int = Field(default=10_000, gt=0)  # messages between the network and the writer
+    # Payload bytes between the network and the writer: over it, QoS 0 messages are dropped
+    # ("queue_full") and QoS 1 ones wait. The message count alone allows gigabytes.
+    queue_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
     # Payload bytes per transaction (one message may exceed it): a reading takes ~5x its JSON
     # size in memory until committed, so a thousand batch payloads in one transaction would
@@ -233,7 +246,9 @@ class Limits(_Section):
 class MetricsSettings(_Section):
     interval_s: float = Field(default=60.0, gt=0)  # publishing period on the metrics topic
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)  # None: no endpoint
-    prometheus_host: str = "127.0.0.1"  # 0.0.0.0 exposes the endpoint beyond the device
+    # The endpoint has no authentication: anything but a loopback address exposes it beyond the
+    # device, and the agent warns at start and in --check.
+    prometheus_host: str = "127.0.0.1"
 
 
 def _default_agent_id() -> str:
@@ -318,6 +333,11 @@ class AgentSettings(BaseSettings):
                 "ingest.queue_size must exceed broker.receive_maximum, or QoS 1 deliveries "
                 "can stall the network thread"
             )
+        if self.limits.payload.max_bytes > self.ingest.queue_bytes:
+            raise ValueError(
+                "limits.payload.max_bytes must not exceed ingest.queue_bytes: such a message "
+                "would only fit into an empty queue"
+            )
         return self
 
     @property
@@ -345,9 +365,34 @@ class AgentSettings(BaseSettings):
         """The first stream rule whose pattern matches `stream`, if any."""
         return next((rule for rule in self.streams if rule.matches(stream)), None)
 
+    def warnings(self) -> list[str]:
+        """Valid but risky choices, one line each: `--check` prints them as YAML comments."""
+        found = []
+        if self.metrics.prometheus_port is not None:
+            exposed = prometheus_exposure_warning(self.metrics.prometheus_host)
+            if exposed is not None:
+                found.append(exposed)
+        broker = self.broker
+        if not is_loopback_host(broker.host):
+            if not broker.uses_tls:
+                found.append(
+                    f"broker.url {broker.url!r} is a remote broker without TLS: readings and "
+                    "credentials cross the network in clear text; use mqtts://"
+                )
+            elif broker.tls.insecure:
+                found.append("broker.tls.insecure is set: the broker's identity is not checked")
+            if broker.username is None and broker.tls.cert_file is None:
+                found.append(
+                    "a remote broker without authentication: set broker.username (and the "
+                    "password in MOECAST_BROKER__PASSWORD) or a client certificate"
+                )
+        return found
+
     def effective_yaml(self) -> str:
-        """The settings as YAML, secrets masked: what `moecast agent --check` prints."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The settings as YAML, secrets masked, after any warnings as comments: what
+        `moecast agent --check` prints."""
+        comments = "".join(f"# WARNING: {warning}\n" for warning in self.warnings())
+        return comments + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 class SettingsFileError(ValueError):
@@ -403,10 +448,12 @@ def describe_settings_error(error: Exception) -> list[str]:
                 message = "unknown setting"
             elif isinstance(shown, str | int | float) and not secret and repr(shown) not in message:
                 message += f" (got {shown!r})"
-            lines.append(f"{path}: {message}" if path else message)
+            line = f"{path}: {message}" if path else message
+            # Validators quote the URL they reject, and a URL can carry a password.
+            lines.append(redact_urls(line))
         return lines
     # SettingsError: an environment variable that is not valid JSON for a list or mapping.
-    return [str(error)]
+    return [redact_urls(str(error))]
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -1,10 +1,12 @@
-"""What passes from the network thread to the writer thread: one bounded queue of messages,
-plus markers the writer answers once everything queued before them is stored."""
+"""What passes from the network thread to the writer thread: one queue of messages, bounded in
+messages and in payload bytes, plus markers the writer answers once everything queued before
+them is stored."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -18,6 +20,9 @@ class InboundMessage:
     mid: int
     qos: int
     connection: int  # which connection delivered it: acks go back only on that one (agent.mqtt)
+    # The size of a payload over the limit, which the network thread dropped (`payload` is then
+    # empty): the message still passes through the writer, to be counted and acknowledged.
+    oversized: int = 0
 
 
 class Flush:
@@ -29,4 +34,66 @@ class Flush:
         self.then_stop = then_stop
 
 
-Inbox = queue.Queue[InboundMessage | Flush]
+def _size(item: InboundMessage | Flush) -> int:
+    return len(item.payload) if isinstance(item, InboundMessage) else 0
+
+
+class Inbox(queue.Queue[InboundMessage | Flush]):
+    """A queue bounded by `maxsize` messages and by `max_bytes` of queued payloads (0: no
+    bound). A count alone lets a flood of large messages take gigabytes: ten thousand of one
+    MB each. A message larger than `max_bytes` still fits into an empty queue, so nothing
+    waits forever. `put_nowait` raises `queue.Full` on either bound, `put` waits for room."""
+
+    def __init__(self, maxsize: int = 0, max_bytes: int = 0) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self._bytes = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes queued now."""
+        with self.mutex:
+            return self._bytes
+
+    def put(
+        self, item: InboundMessage | Flush, block: bool = True, timeout: float | None = None
+    ) -> None:
+        # queue.Queue.put with the byte bound added to its condition.
+        size = _size(item)
+        with self.not_full:
+            if not block:
+                if self._no_room(size):
+                    raise queue.Full
+            elif timeout is None:
+                while self._no_room(size):
+                    self.not_full.wait()
+            elif timeout < 0:
+                raise ValueError("'timeout' must be a non-negative number")
+            else:
+                deadline = time.monotonic() + timeout
+                while self._no_room(size):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.0:
+                        raise queue.Full
+                    self.not_full.wait(remaining)
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _no_room(self, size: int) -> bool:
+        if 0 < self.maxsize <= self._qsize():
+            return True
+        return 0 < self.max_bytes < self._bytes + size and self._bytes > 0
+
+    def _put(self, item: InboundMessage | Flush) -> None:
+        super()._put(item)
+        self._bytes += _size(item)
+
+    def _get(self) -> InboundMessage | Flush:
+        item = super()._get()
+        size = _size(item)
+        if size:
+            self._bytes -= size
+            # Queue.get wakes one waiter, but freed bytes may make room for several puts.
+            self.not_full.notify_all()
+        return item

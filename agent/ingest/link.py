@@ -303,8 +303,13 @@ class MqttLink:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
+        payload, oversized = message.payload, 0
+        if len(payload) > self.settings.limits.payload.max_bytes:
+            # Dropped here, before it takes memory in the queue; the writer still counts it as
+            # "too_large" and acknowledges it in its turn, as it would have unparsed.
+            payload, oversized = b"", len(payload)
         item = InboundMessage(
-            topic, message.payload, time.time(), message.mid, message.qos, self._connection
+            topic, payload, time.time(), message.mid, message.qos, self._connection, oversized
         )
         if message.qos == 0:
             try:
@@ -313,7 +318,8 @@ class MqttLink:
                 self.metrics.count_dropped("queue_full")
         else:
             # Not dropped: an unacknowledged message would only come back after a reconnect.
-            # Receive Maximum bounds these below the queue size, so this wait is short.
+            # Receive Maximum bounds these below the queue size, and a bounded inbox's byte
+            # bound makes this wait until the writer has taken enough.
             self.inbox.put(item)
 
     def _on_fleet_message(

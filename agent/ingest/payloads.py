@@ -8,6 +8,10 @@ Accepted formats, all JSON:
   a single SenML record object is taken as a pack of one;
 - a bare number, timestamped with the arrival time.
 
+A reading object may carry a sequence number, `{"ts": ..., "value": ..., "seq": 17}`, from which
+the agent counts readings lost upstream (agent.ingest.sequence); it is collected in
+`ParseResult.seqs`, and one that is not a non-negative integer is ignored.
+
 Each list element is read on its own: one with a `value` or `ts` key is a reading object,
 anything else with SenML keys a SenML record (base fields carry over SenML records only).
 
@@ -54,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MILLISECONDS_ABOVE = 1e11
 SENML_RELATIVE_BELOW = 2.0**28
+MAX_SEQ = 2**63
 
 _SENML_BASE_FIELDS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
 _SENML_NON_NUMERIC_VALUES = ("vs", "vb", "vd", "s")
@@ -82,6 +87,9 @@ class ParseResult:
     readings: list[Reading] = field(default_factory=list)
     named: dict[str, list[Reading]] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    # (seq, event time) of the accepted readings that carry a sequence number, by SenML name
+    # ("" for the topic's own stream), in payload order: for agent.ingest.sequence.
+    seqs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -96,6 +104,13 @@ class ParseResult:
             stream = StreamId(topic_stream.device, name)
             streams[stream] = streams.get(stream, []) + readings
         return streams
+
+    def seqs_by_stream(self, topic_stream: StreamId) -> dict[StreamId, list[tuple[int, float]]]:
+        """`seqs` per stream, as `by_stream` maps readings."""
+        return {
+            StreamId(topic_stream.device, name) if name else topic_stream: found
+            for name, found in self.seqs.items()
+        }
 
 
 class _Rejected(Exception):
@@ -164,6 +179,7 @@ class _Records:
         readings = self.result.readings
         named = self.result.named
         rejected = self.result.rejected
+        seqs = self.result.seqs
         # The type tests inline the common case (JSON floats); every other input goes through
         # the helpers, and the two range checks below also catch NaN and infinities.
         for record in records:
@@ -172,8 +188,10 @@ class _Records:
                     raise _Rejected("bad_shape")
                 raw_value = record.get("value", _ABSENT)
                 raw_ts = record.get("ts", _ABSENT)
+                seq = None
                 if raw_value is not _ABSENT:
                     name = ""
+                    seq = record.get("seq")
                     value = raw_value if type(raw_value) is float else _number(raw_value)
                     if raw_ts is _ABSENT:
                         ts = arrival
@@ -193,6 +211,9 @@ class _Records:
                 if not oldest <= ts <= newest:
                     raise _Rejected(_time_problem(ts, newest))
                 (named.setdefault(name, []) if name else readings).append(Reading(ts, value))
+                # A number that is not a non-negative int64 is ignored, not the reading.
+                if type(seq) is int and 0 <= seq < MAX_SEQ:
+                    seqs.setdefault(name, []).append((seq, ts))
             except _Rejected as rejection:
                 rejected[rejection.reason] += 1
 

@@ -16,10 +16,13 @@ which batches parsed messages into `write` and acknowledges them once `write` ha
 
 from __future__ import annotations
 
+import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from moecast.agent.ingest.readings import Reading, StreamId
@@ -39,6 +42,11 @@ CREATE TABLE IF NOT EXISTS readings (
     PRIMARY KEY (stream_id, ts)
 ) WITHOUT ROWID;
 """
+# Columns added since the first schema, created on an older database at open. last_arrival:
+# agent clock (unix s) when the stream's readings last arrived, for idle eviction; seq_state:
+# the sequence-gap tracker's state (agent.ingest.sequence), JSON.
+_ADDED_COLUMNS = {"last_arrival": "REAL", "seq_state": "TEXT"}
+_ARRIVAL_RESOLUTION_S = 60.0
 
 
 class StoreLimits(BaseModel):
@@ -71,6 +79,7 @@ class ReadingStore:
         self._db.execute("PRAGMA wal_autocheckpoint=4000")
         self._db.execute("PRAGMA journal_size_limit=67108864")
         self._db.executescript(_SCHEMA)
+        self._add_columns()
         self._ids: dict[StreamId, int] = {
             StreamId(device, sensor): stream_id
             for stream_id, device, sensor in self._db.execute(
@@ -80,24 +89,43 @@ class ReadingStore:
         # Inserts since each stream's last prune. Existing streams start due, so a lowered
         # retention or rows written by an earlier run are pruned at their next write.
         self._unpruned: dict[int, int] = dict.fromkeys(self._ids.values(), self.limits.prune_slack)
+        self._stamped: dict[int, float] = {}  # last_arrival as last written, per stream id
 
-    def write(self, batch: Mapping[StreamId, Sequence[Reading]]) -> None:
+    def write(
+        self,
+        batch: Mapping[StreamId, Sequence[Reading]],
+        arrivals: Mapping[StreamId, float] | None = None,
+        retire: Collection[StreamId] = (),
+        seq_states: Mapping[StreamId, str] | None = None,
+    ) -> None:
         """Store all readings in one transaction; returns only once it is committed.
 
         A reading with the same stream and timestamp as a stored one replaces it, so a
         redelivered message is harmless. Values must be finite (the parser guarantees it).
         If this raises, nothing of the batch is stored: do not acknowledge it.
+
+        In the same transaction: `retire` deletes streams with all their readings (first, so
+        a retired stream in `batch` starts over), `arrivals` records when each stream's
+        readings last arrived (a new stream without one: now), `seq_states` replaces streams'
+        sequence-tracker states; both ignore streams that have no row.
         """
         new_ids: dict[StreamId, int] = {}
         counts: dict[int, int] = {}
         rows: list[tuple[int, float, float]] = []
+        retired = [(self._ids[stream],) for stream in retire if stream in self._ids]
+        now = time.time()
         db = self._db
         db.execute("BEGIN")
         try:
+            if retired:
+                db.executemany("DELETE FROM readings WHERE stream_id = ?", retired)
+                db.executemany("DELETE FROM streams WHERE id = ?", retired)
+            gone = {stream_id for (stream_id,) in retired}
             for stream, readings in batch.items():
                 stream_id = self._ids.get(stream, new_ids.get(stream))
-                if stream_id is None:
-                    stream_id = new_ids[stream] = self._insert_stream(stream)
+                if stream_id is None or stream_id in gone:
+                    arrival = (arrivals or {}).get(stream, now)
+                    stream_id = new_ids[stream] = self._insert_stream(stream, arrival)
                 rows += [(stream_id, ts, value) for ts, value in readings]
                 counts[stream_id] = counts.get(stream_id, 0) + len(readings)
             # One statement for the whole batch: many streams with one reading each is the
@@ -112,12 +140,44 @@ class ReadingStore:
             ]
             for stream_id in due:
                 self._prune(stream_id)
+
+            def row_id(stream: StreamId) -> int | None:
+                stream_id = new_ids.get(stream, self._ids.get(stream))
+                return None if stream_id in gone else stream_id
+
+            # Arrivals matter to the day (idle eviction) and to the minute (the restored
+            # watermark, where older only means more lenient): an update a minute per stream
+            # rather than one per batch.
+            stamped = [
+                (ts, stream_id)
+                for stream, ts in (arrivals or {}).items()
+                if (stream_id := row_id(stream)) is not None
+                and ts - self._stamped.get(stream_id, -math.inf) >= _ARRIVAL_RESOLUTION_S
+            ]
+            db.executemany(
+                "UPDATE streams SET last_arrival = max(coalesce(last_arrival, 0), ?) WHERE id = ?",
+                stamped,
+            )
+            db.executemany(
+                "UPDATE streams SET seq_state = ? WHERE id = ?",
+                [
+                    (state, stream_id)
+                    for stream, state in (seq_states or {}).items()
+                    if (stream_id := row_id(stream)) is not None
+                ],
+            )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         # Only committed state reaches the caches.
+        for stream in retire:
+            stream_id = self._ids.pop(stream, None)
+            if stream_id is not None:
+                self._unpruned.pop(stream_id, None)
+                self._stamped.pop(stream_id, None)
+        self._stamped.update((stream_id, ts) for ts, stream_id in stamped)
         self._ids.update(new_ids)
         for stream_id, count in counts.items():
             self._unpruned[stream_id] = self._unpruned.get(stream_id, 0) + count
@@ -143,6 +203,14 @@ class ReadingStore:
             if len(ts):
                 yield stream, ts, values
 
+    def last_arrivals(self) -> dict[StreamId, float]:
+        """When each stream's readings last arrived (agent clock, unix s)."""
+        return self._column("last_arrival")
+
+    def seq_states(self) -> dict[StreamId, str]:
+        """The sequence-gap tracker's stored state of each stream that has one."""
+        return self._column("seq_state")
+
     def close(self) -> None:
         self._db.close()
 
@@ -157,9 +225,26 @@ class ReadingStore:
     ) -> None:
         self.close()
 
-    def _insert_stream(self, stream: StreamId) -> int:
+    def _add_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
+        # Streams stored before arrivals were recorded count as arriving now: a fresh start of
+        # their idle time, not an instant eviction.
+        self._db.execute(
+            "UPDATE streams SET last_arrival = ? WHERE last_arrival IS NULL", (time.time(),)
+        )
+
+    def _column(self, column: str) -> dict[Any, Any]:
+        by_id = {stream_id: stream for stream, stream_id in self._ids.items()}
+        rows = self._db.execute(f"SELECT id, {column} FROM streams WHERE {column} IS NOT NULL")
+        return {by_id[stream_id]: value for stream_id, value in rows if stream_id in by_id}
+
+    def _insert_stream(self, stream: StreamId, arrival: float) -> int:
         cursor = self._db.execute(
-            "INSERT INTO streams (device, sensor) VALUES (?, ?)", (stream.device, stream.sensor)
+            "INSERT INTO streams (device, sensor, last_arrival) VALUES (?, ?, ?)",
+            (stream.device, stream.sensor, arrival),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid

@@ -7,11 +7,13 @@ the forecaster come out as numpy arrays through the buffer protocol.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 
 import numpy as np
@@ -29,7 +31,13 @@ class StreamLimits(BaseModel):
     max_streams: int = Field(default=2_000, gt=0)  # readings of further streams are rejected
     # About 16 bytes per point: 1000 full streams of 2048 points are ~37 MB.
     max_points: int = Field(default=2_048, gt=0)
-    lateness_s: float = Field(default=300.0, ge=0)  # later readings are counted and dropped
+    # Readings older than the stream's newest by more than this are counted and dropped; the
+    # newest counts only up to its arrival time, so a clock running ahead cannot silence it.
+    lateness_s: float = Field(default=300.0, ge=0)
+    # A stream no reading has arrived for in this long gives up its slot, and its stored
+    # readings, when a new stream needs one and max_streams are held. A silence of the whole
+    # agent longer than half of it (an outage, a restart) does not count as idleness.
+    evict_idle_s: float = Field(default=7 * 86_400.0, gt=0)
 
 
 class StreamBuffer:
@@ -38,11 +46,24 @@ class StreamBuffer:
     Not thread-safe; `StreamRegistry` serialises access.
     """
 
-    __slots__ = ("_lateness_s", "_max_points", "_trim_above", "_ts", "_values")
+    __slots__ = (
+        "_lateness_s",
+        "_max_points",
+        "_trim_above",
+        "_ts",
+        "_values",
+        "_watermark",
+        "last_arrival",
+    )
 
     def __init__(self, max_points: int, lateness_s: float) -> None:
         self._max_points = max_points
         self._lateness_s = lateness_s
+        # The stream's notion of now, which lateness is measured from: its newest event time,
+        # but never later than the agent's clock when that reading arrived. A reading stamped
+        # minutes ahead by a wrong clock is kept, yet does not make the next true ones late.
+        self._watermark = -math.inf
+        self.last_arrival = -math.inf  # agent clock (unix s) of the newest insert
         # Trimming moves the whole buffer, so it happens once per max_points/8 readings rather
         # than on every append; until then up to that many extra old points are held.
         self._trim_above = max_points + max(max_points // 8, 1)
@@ -56,20 +77,29 @@ class StreamBuffer:
     def newest_ts(self) -> float | None:
         return self._ts[-1] if self._ts else None
 
-    def insert(self, readings: Sequence[Reading]) -> list[Reading]:
+    @property
+    def watermark(self) -> float:
+        """What lateness is measured from: see `insert`."""
+        return self._watermark
+
+    def insert(self, readings: Sequence[Reading], arrival_ts: float = math.inf) -> list[Reading]:
         """Insert in time order; returns the readings taken, in time order.
 
-        A reading older than the newest held one by more than `lateness_s` is dropped (the
-        caller counts it); one with a held timestamp replaces that value. Within one call the
-        later of two equal timestamps wins, and lateness is measured against the newest reading
-        held before the call, so the order of readings inside a batch does not matter.
+        A reading older than the watermark by more than `lateness_s` is dropped (the caller
+        counts it); one with a held timestamp replaces that value. The watermark is the newest
+        event time held, capped by `arrival_ts` (the agent's clock when the readings arrived)
+        of the call that brought it. Within one call the later of two equal timestamps wins,
+        and lateness is measured against the watermark before the call, so the order of
+        readings inside a batch does not matter.
         """
         batch = sorted(readings, key=_event_time) if len(readings) > 1 else list(readings)
         times, values = self._ts, self._values
         if times:
-            too_late = bisect_left(batch, times[-1] - self._lateness_s, key=_event_time)
+            too_late = bisect_left(batch, self._watermark - self._lateness_s, key=_event_time)
             if too_late:
                 batch = batch[too_late:]
+        if batch:
+            self._watermark = max(self._watermark, min(batch[-1][0], arrival_ts))
         for ts, value in batch:
             if not times or ts > times[-1]:
                 times.append(ts)
@@ -88,11 +118,15 @@ class StreamBuffer:
             del values[: -self._max_points]
         return batch
 
-    def restore(self, ts: np.ndarray, values: np.ndarray) -> None:
-        """Replace the contents with stored history: ascending, unique timestamps."""
+    def restore(self, ts: np.ndarray, values: np.ndarray, last_arrival: float = math.inf) -> None:
+        """Replace the contents with stored history: ascending, unique timestamps, the newest
+        of which arrived at `last_arrival` (agent clock; it caps the watermark)."""
         keep = slice(-self._max_points, None)
         self._ts = array("d", np.asarray(ts, dtype=np.float64)[keep].tobytes())
         self._values = array("d", np.asarray(values, dtype=np.float64)[keep].tobytes())
+        self._watermark = min(self._ts[-1], last_arrival) if self._ts else -math.inf
+        if math.isfinite(last_arrival):
+            self.last_arrival = last_arrival
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the held (ts, values), oldest first, as float64 arrays."""
@@ -109,6 +143,14 @@ class StreamRegistry:
 
     The writer thread inserts, the forecasting thread takes snapshots; one lock serialises them.
     `dropped` counts readings not taken, by reason: "too_late", "stream_limit".
+
+    Slots are not held for good: when a new stream finds `max_streams` held, every stream no
+    reading has arrived for in `evict_idle_s` is evicted, and `take_evicted` hands them to the
+    writer, which retires their stored rows in the same transaction as the new stream's. Idle
+    time is measured on the agent's clock at arrival (never on event time, which a device sets),
+    except that a silence of the whole agent longer than half of `evict_idle_s` (an outage, the
+    agent stopped) is not counted: every stream would come out of it idle, their readings not
+    yet redelivered.
     """
 
     def __init__(self, limits: StreamLimits | None = None) -> None:
@@ -116,6 +158,10 @@ class StreamRegistry:
         self.dropped: Counter[str] = Counter()
         self._buffers: dict[StreamId, StreamBuffer] = {}
         self._lock = threading.Lock()
+        self._latest_arrival = -math.inf  # the newest arrival on any stream
+        self._evicted: list[StreamId] = []
+        # No stream can be idle before this (agent clock): spares a scan per refused reading.
+        self._next_idle = -math.inf
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -127,22 +173,34 @@ class StreamRegistry:
         with self._lock:
             return list(self._buffers)
 
-    def insert(self, stream: StreamId, readings: Sequence[Reading]) -> list[Reading]:
+    def insert(
+        self, stream: StreamId, readings: Sequence[Reading], arrival_ts: float | None = None
+    ) -> list[Reading]:
         """Insert into `stream`'s buffer, creating it if the limit allows; returns those taken.
 
+        `arrival_ts`: the agent's clock (unix s) when the readings arrived; default now.
         Store exactly what is returned, so memory and SQLite agree on what was dropped.
         """
         if not readings:
             return []
+        arrival = time.time() if arrival_ts is None else arrival_ts
         with self._lock:
-            buffer = self._buffer(stream)
+            self._arrive(arrival)
+            buffer = self._buffer(stream, arrival)
             if buffer is None:
                 self.dropped["stream_limit"] += len(readings)
                 return []
-            taken = buffer.insert(readings)
+            buffer.last_arrival = max(buffer.last_arrival, arrival)
+            taken = buffer.insert(readings, arrival)
             if len(taken) < len(readings):
                 self.dropped["too_late"] += len(readings) - len(taken)
             return taken
+
+    def take_evicted(self) -> list[StreamId]:
+        """The streams evicted since the last call: their stored rows are to be retired."""
+        with self._lock:
+            evicted, self._evicted = self._evicted, []
+            return evicted
 
     def snapshot(self, stream: StreamId) -> tuple[np.ndarray, np.ndarray] | None:
         """Copies of `stream`'s (ts, values), or None for an unknown stream."""
@@ -150,28 +208,67 @@ class StreamRegistry:
             buffer = self._buffers.get(stream)
             return None if buffer is None else buffer.arrays()
 
-    def restore(self, history: Iterable[tuple[StreamId, np.ndarray, np.ndarray]]) -> int:
-        """Load stored history at start-up (e.g. `ReadingStore.restore_all(max_points)`).
+    def restore(
+        self,
+        history: Iterable[tuple[StreamId, np.ndarray, np.ndarray]],
+        last_arrivals: Mapping[StreamId, float] | None = None,
+    ) -> int:
+        """Load stored history at start-up (e.g. `ReadingStore.restore_all(max_points)`, with
+        `ReadingStore.last_arrivals()`: when each stream's readings last arrived).
 
         Returns the number of streams restored; streams beyond `max_streams` are skipped and
         their points counted as "stream_limit".
         """
+        arrivals = last_arrivals or {}
         restored = 0
         for stream, ts, values in history:
             with self._lock:
-                buffer = self._buffer(stream)
+                buffer = self._buffer(stream, None)
                 if buffer is None:
                     self.dropped["stream_limit"] += len(ts)
                     continue
-                buffer.restore(ts, values)
+                arrival = arrivals.get(stream, math.inf)
+                buffer.restore(ts, values, arrival)
+                if math.isfinite(arrival):
+                    self._latest_arrival = max(self._latest_arrival, arrival)
                 restored += 1
         return restored
 
-    def _buffer(self, stream: StreamId) -> StreamBuffer | None:
-        """`stream`'s buffer, created if the limit allows; call with the lock held."""
+    def _arrive(self, arrival: float) -> None:
+        """Advance the agent's clock; call with the lock held."""
+        silence = arrival - self._latest_arrival
+        if math.isfinite(silence) and silence > self.limits.evict_idle_s / 2:
+            # Nothing arrived on any stream: an outage or a stopped agent, not idle streams.
+            for buffer in self._buffers.values():
+                if math.isfinite(buffer.last_arrival):
+                    buffer.last_arrival += silence
+            self._next_idle = -math.inf
+        self._latest_arrival = max(self._latest_arrival, arrival)
+
+    def _buffer(self, stream: StreamId, arrival: float | None) -> StreamBuffer | None:
+        """`stream`'s buffer, created if the limit allows, after evicting idle streams if
+        `arrival` is given and the limit is reached; call with the lock held."""
         buffer = self._buffers.get(stream)
-        if buffer is None and len(self._buffers) < self.limits.max_streams:
-            buffer = self._buffers[stream] = StreamBuffer(
-                self.limits.max_points, self.limits.lateness_s
-            )
+        if buffer is not None:
+            return buffer
+        full = len(self._buffers) >= self.limits.max_streams
+        if full and (arrival is None or not self._evict_idle(arrival)):
+            return None
+        buffer = self._buffers[stream] = StreamBuffer(
+            self.limits.max_points, self.limits.lateness_s
+        )
         return buffer
+
+    def _evict_idle(self, now: float) -> bool:
+        """Evict every stream idle at `now`; whether any was. Call with the lock held."""
+        if now < self._next_idle:
+            return False
+        cutoff = now - self.limits.evict_idle_s
+        idle = [s for s, b in self._buffers.items() if b.last_arrival < cutoff]
+        for stream in idle:
+            del self._buffers[stream]
+        self._evicted += idle
+        # A stream restored without a known arrival (-inf) counts as idle.
+        oldest = min((b.last_arrival for b in self._buffers.values()), default=math.inf)
+        self._next_idle = oldest + self.limits.evict_idle_s
+        return bool(idle)

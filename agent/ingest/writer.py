@@ -5,8 +5,11 @@ batches, bounded by a message count, their payload bytes and a time window, and 
 
 1. parses topics and payloads, counting every rejection by reason;
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
-   limits, and collects exactly what it kept;
-3. writes that to SQLite in one transaction;
+   limits (evicting idle streams when a new one needs a slot), and collects exactly what it
+   kept;
+3. writes that to SQLite in one transaction, with when each stream's readings arrived, the
+   sequence-gap state of streams whose readings are numbered (agent.ingest.sequence) and the
+   rows of the streams evicted;
 4. only then acknowledges the batch's QoS 1 messages, including rejected ones, which would fail
    the same way on every redelivery.
 
@@ -32,6 +35,7 @@ from typing import Protocol
 from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
 from moecast.agent.ingest.payloads import PayloadLimits, parse_payload
 from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
+from moecast.agent.ingest.sequence import SequenceTracker
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ops.metrics import AgentMetrics
@@ -94,10 +98,16 @@ class IngestWorker:
         self._bad_input = RateLimitedLog(log, settings.log_interval_s)
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="moecast-ingest", daemon=True)
+        if isinstance(inbox, Inbox):
+            metrics.add_gauge("queue_bytes", lambda: inbox.queued_bytes)
+        self._sequences = SequenceTracker(registry.limits.lateness_s)
+        metrics.add_section("lost_upstream", self._sequences.report)
 
     def start(self) -> None:
         """Restore the buffers from SQLite, then start taking messages."""
-        restored = self._registry.restore(self._store.restore_all(self._registry.limits.max_points))
+        history = self._store.restore_all(self._registry.limits.max_points)
+        restored = self._registry.restore(history, self._store.last_arrivals())
+        self._sequences.load(self._store.seq_states())
         log.info("restored the recent history of %d streams from SQLite", restored)
         self._thread.start()
 
@@ -160,10 +170,11 @@ class IngestWorker:
     def _ingest(self, batch: list[InboundMessage]) -> bool:
         """Store and acknowledge one batch; False if `stop` abandoned it unstored."""
         kept: dict[StreamId, list[Reading]] = {}
+        arrivals: dict[StreamId, float] = {}
         rejected: Counter[str] = Counter()
         for message in batch:
             try:
-                self._parse(message, kept, rejected)
+                self._parse(message, kept, arrivals, rejected)
             except Exception:
                 # Should not happen: the parsers never raise on input. But one message that
                 # crashed the writer would be redelivered at every restart, forever; count it,
@@ -176,7 +187,18 @@ class IngestWorker:
                     exc_info=True,
                 )
         accepted = sum(len(readings) for readings in kept.values())
-        if kept and not self._write(kept):
+        self._sequences.expire(max(message.arrival_ts for message in batch))
+        evicted = self._registry.take_evicted()
+        if evicted:
+            self._sequences.forget(evicted)
+            log.info(
+                "evicted %d streams idle for over %.0f s (limits.streams.evict_idle_s) to make "
+                "room for new ones; their stored readings are deleted",
+                len(evicted),
+                self._registry.limits.evict_idle_s,
+            )
+        seq_states = self._sequences.take_dirty()
+        if (kept or evicted or seq_states) and not self._write(kept, arrivals, evicted, seq_states):
             return False
         self._metrics.count_batch(len(batch), accepted, rejected, self._registry.dropped)
         self._metrics.count_acked(self._acknowledger.ack(batch))
@@ -186,6 +208,7 @@ class IngestWorker:
         self,
         message: InboundMessage,
         kept: dict[StreamId, list[Reading]],
+        arrivals: dict[StreamId, float],
         rejected: Counter[str],
     ) -> None:
         if message.topic is None:
@@ -198,23 +221,51 @@ class IngestWorker:
             rejected[err.reason] += 1
             self._bad_input.warning(err.reason, "rejected topic: %s", err.detail)
             return
+        if message.oversized:
+            rejected["too_large"] += 1
+            self._bad_input.warning(
+                "too_large",
+                "rejected a %d-byte payload on %s (limits.payload.max_bytes)",
+                message.oversized,
+                stream,
+            )
+            return
         result = parse_payload(message.payload, message.arrival_ts, self._limits)
         for reason, count in result.rejected.items():
             rejected[reason] += count
             self._bad_input.warning(
                 reason, "rejected %d reading(s) on %s: %s", count, stream, reason
             )
+        seqs = result.seqs_by_stream(stream) if result.seqs else {}
         for target, readings in result.by_stream(stream).items():
-            taken = self._registry.insert(target, readings)
+            taken = self._registry.insert(target, readings, message.arrival_ts)
             if taken:
                 kept.setdefault(target, []).extend(taken)
+            if target in self._registry:
+                arrivals[target] = max(arrivals.get(target, message.arrival_ts), message.arrival_ts)
+                if target in seqs:
+                    self._sequences.observe(target, seqs[target], message.arrival_ts)
+            else:
+                self._bad_input.warning(
+                    "stream_limit",
+                    "refused new stream %s: %d streams held (limits.streams.max_streams), none "
+                    "idle for limits.streams.evict_idle_s",
+                    target,
+                    self._registry.limits.max_streams,
+                )
 
-    def _write(self, kept: dict[StreamId, list[Reading]]) -> bool:
+    def _write(
+        self,
+        kept: dict[StreamId, list[Reading]],
+        arrivals: dict[StreamId, float],
+        evicted: list[StreamId],
+        seq_states: dict[StreamId, str],
+    ) -> bool:
         delay = 0.05
         while True:
             started = time.perf_counter()
             try:
-                self._store.write(kept)
+                self._store.write(kept, arrivals, evicted, seq_states)
             except sqlite3.Error as err:
                 self._metrics.count_store_error()
                 log.error(

@@ -8,11 +8,15 @@ one lock guards them; updates are per batch or per rare event, never per reading
 from __future__ import annotations
 
 import bisect
+import ipaddress
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the store-write latency buckets: a commit without fsync takes well
 # under a millisecond, one with fsync on an SD card tens of milliseconds.
@@ -168,6 +172,28 @@ def _histogram_json(histogram: Histogram) -> dict[str, Any]:
     }
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is only reachable from the device itself. A name other than localhost
+    counts as exposed: what it resolves to is not known here."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def prometheus_exposure_warning(host: str) -> str | None:
+    """Why serving Prometheus on `host` is risky, or None for a loopback address."""
+    if is_loopback_host(host):
+        return None
+    return (
+        f"metrics.prometheus_host is {host!r}: the Prometheus endpoint has no authentication "
+        "and is reachable beyond the device; keep 127.0.0.1 and put an authenticating proxy "
+        "or tunnel in front of it"
+    )
+
+
 class PrometheusError(RuntimeError):
     """The configured Prometheus endpoint cannot be served (package missing, port taken)."""
 
@@ -184,6 +210,9 @@ class PrometheusEndpoint:
                 "metrics.prometheus_port is set but prometheus-client is not installed: "
                 "pip install prometheus-client (or leave the port unset)"
             ) from None
+        warning = prometheus_exposure_warning(host)
+        if warning is not None:
+            log.warning("%s", warning)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(metrics))  # type: ignore[arg-type]
         try:
@@ -234,6 +263,13 @@ class _Collector:
             for reason, count in snap[name].items():
                 family.add_metric([reason], count)
             yield family
+        lost = snap.get("lost_upstream")
+        if lost is not None:
+            yield CounterMetricFamily(
+                "moecast_agent_lost_upstream",
+                "readings that never arrived, from gaps in their sequence numbers",
+                value=lost["total"],
+            )
         for name in self._metrics.gauge_names:
             yield GaugeMetricFamily(f"moecast_agent_{name}", name, value=snap[name])
         for name, doc in (

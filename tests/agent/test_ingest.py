@@ -9,6 +9,7 @@ import string
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -174,12 +175,12 @@ class FlakyStore(ReadingStore):
         self.acks_at_write: list[int] = []
         self._acknowledger = acknowledger
 
-    def write(self, batch: dict[StreamId, list[Reading]]) -> None:  # type: ignore[override]
+    def write(self, batch: dict[StreamId, list[Reading]], *args: Any, **kwargs: Any) -> None:
         self.acks_at_write.append(len(self._acknowledger.acked))
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        super().write(batch)
+        super().write(batch, *args, **kwargs)
 
 
 def make_worker(

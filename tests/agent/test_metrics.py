@@ -93,3 +93,15 @@ def test_the_agent_refuses_to_start_when_its_prometheus_port_is_taken(
         second.stop()
     finally:
         first.stop()
+
+
+def test_prometheus_beyond_loopback_is_warned_about_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        endpoint = PrometheusEndpoint(AgentMetrics(), free_port(), host)
+        endpoint.close()
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warnings) is warned, warnings
+        assert all("no authentication" in w and repr(host) in w for w in warnings)

@@ -206,3 +206,32 @@ def test_a_missing_file_exits_2_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtt://u:S3cr3t@h:1",
+        "http://u:S3cr3t@h:1",  # fails on the scheme, before the credentials check
+        "mqtt://u:S3cr3t@h:99999",
+        "mqtt://u:S3cr3t@h:1/path",
+        "mqtt://:S3cr3t@h",
+        "mqtts://u:S3cr3t@",
+    ],
+)
+def test_check_never_prints_a_password_given_in_the_broker_url(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOECAST_BROKER__URL", url)
+    assert main(["agent", "--check"]) == 2
+    captured = capsys.readouterr()
+    assert "S3cr3t" not in captured.err + captured.out
+    assert "broker.url:" in captured.err
+
+
+def test_describing_a_url_error_keeps_the_rest_of_the_url_visible() -> None:
+    with pytest.raises(ValidationError) as caught:
+        load_settings(broker={"url": "http://bob:S3cr3t@broker.example:1"})
+    (line,) = describe_settings_error(caught.value)
+    assert "S3cr3t" not in line
+    assert "http://***@broker.example:1" in line

@@ -3,6 +3,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,33 @@ def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
             batches = {int(t // 1000) for t in ts}
             assert batches in (expected_batches, expected_batches | {5})
             assert len(ts) == 250 * len(batches)
+
+
+def test_a_database_from_before_arrivals_were_recorded_is_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with closing(sqlite3.connect(db)) as old:
+        old.executescript(
+            "CREATE TABLE streams (id INTEGER PRIMARY KEY, device TEXT NOT NULL,"
+            " sensor TEXT NOT NULL, UNIQUE (device, sensor));"
+            "CREATE TABLE readings (stream_id INTEGER NOT NULL REFERENCES streams (id),"
+            " ts REAL NOT NULL, value REAL NOT NULL, PRIMARY KEY (stream_id, ts)) WITHOUT ROWID;"
+            "INSERT INTO streams VALUES (1, 'd', 's'); INSERT INTO readings VALUES (1, 5.0, 1.0);"
+        )
+        old.commit()
+    before = time.time()
+    with ReadingStore(db) as store:
+        (arrival,) = store.last_arrivals().values()
+        assert arrival >= before  # idle from now on, not since 1970
+        assert store.seq_states() == {}
+
+
+def test_retired_streams_lose_their_rows_in_the_writing_transaction(tmp_path: Path) -> None:
+    old, new = StreamId("junk", "x"), StreamId("d", "s")
+    with ReadingStore(tmp_path / "r.db") as store:
+        store.write({old: [Reading(1.0, 1.0)]}, arrivals={old: 10.0})
+        assert store.last_arrivals() == {old: 10.0}
+        store.write({new: [Reading(2.0, 2.0)]}, arrivals={new: 20.0}, retire=[old])
+        assert store.last_arrivals() == {new: 20.0}
+        assert [s for s, _, _ in store.restore_all(10)] == [new]
+        store.write({old: [Reading(3.0, 3.0)]})  # comes back as a new stream
+        assert store.load_recent(old, 10)[0].tolist() == [3.0]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,8 +51,9 @@ def build_link(
     metrics: AgentMetrics | None = None,
     fleet_sink: FleetSink | None = None,
 ) -> MqttLink:
-    """The MQTT link with its inbox (bounded by `ingest.queue_size`) and metrics."""
-    inbox: Inbox = queue.Queue(settings.ingest.queue_size)
+    """The MQTT link with its inbox (bounded by `ingest.queue_size` messages and
+    `ingest.queue_bytes` of payloads) and metrics."""
+    inbox = Inbox(settings.ingest.queue_size, settings.ingest.queue_bytes)
     return MqttLink(settings, inbox, metrics or AgentMetrics(), fleet_sink)
 
 

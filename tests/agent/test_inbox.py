@@ -16,7 +16,7 @@ from moecast.agent.ingest.link import MqttLink
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ingest.writer import IngestWorker
-from moecast.agent.ops.metrics import AgentMetrics
+from moecast.agent.runtime import build_link
 from moecast.agent.settings import AgentSettings, load_settings
 
 MB = 1 << 20
@@ -34,8 +34,8 @@ def paho_message(payload: bytes, qos: int, mid: int = 1) -> paho.MQTTMessage:
 
 
 def link_with_inbox(settings: AgentSettings) -> MqttLink:
-    inbox = Inbox(settings.ingest.queue_size, settings.ingest.queue_bytes)
-    return MqttLink(settings, inbox, AgentMetrics())
+    """The link as the agent builds it (`build_link`): its inbox is the byte-bounded one."""
+    return build_link(settings)
 
 
 def test_qos0_beyond_the_byte_bound_is_dropped_and_counted() -> None:

@@ -7,7 +7,7 @@ import queue
 import sqlite3
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from moecast.agent.runtime import Agent
 from moecast.agent.settings import IngestSettings
 
 from tests.agent.conftest import Broker, Client, agent_settings, stored_rows, wait_for
+from tests.agent.writer_kit import RecordingAcknowledger
 
 NOW = float(int(time.time()))
 LIMITS = {
@@ -154,16 +155,6 @@ def test_fuzzed_topics_and_payloads_through_the_broker(
     assert agent.healthy
     assert agent.link.connected.is_set()
     assert agent.metrics.snapshot()["rejected"].get("internal_error", 0) == 0
-
-
-class RecordingAcknowledger:
-    def __init__(self) -> None:
-        self.acked: list[int] = []
-
-    def ack(self, messages: Iterable[InboundMessage]) -> int:
-        mids = [m.mid for m in messages if m.qos]
-        self.acked += mids
-        return len(mids)
 
 
 class FlakyStore(ReadingStore):

@@ -18,7 +18,9 @@ from moecast.agent.ops.metrics import AgentMetrics
 from moecast.agent.settings import AgentSettings, load_settings
 
 
-class _Acks:
+class RecordingAcknowledger:
+    """Stands for the MQTT link: records the mids the writer acknowledges."""
+
     def __init__(self) -> None:
         self.acked: list[int] = []
 
@@ -43,7 +45,7 @@ class WriterKit:
         self.store = ReadingStore(self.settings.readings_db, self.settings.limits.store)
         self.registry = StreamRegistry(self.settings.limits.streams)
         self.metrics = AgentMetrics()
-        self.acks = _Acks()
+        self.acks = RecordingAcknowledger()
         self.worker = IngestWorker(
             self.inbox,
             self.store,

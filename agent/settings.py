@@ -155,6 +155,35 @@ class TopicSettings(_Section):
     # At most 1: paho keeps a QoS 2 handshake's state in memory only, so a restarted agent
     # would complete (and lose) a message it had not stored; QoS 1 redelivers it instead.
     subscribe_qos: int = Field(default=1, ge=0, le=1)
+    # The <device>/<sensor> filters (MQTT wildcards) this agent subscribes to under
+    # <sensors>/: to shard a site over agents, give each its own part (e.g. ["line-1/+"] and
+    # ["line-2/+", "roof/+"]); a stream's history lives with the agent its readings reach.
+    filters: list[str] = Field(default=["+/+"], min_length=1)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: list[str]) -> list[str]:
+        for topic_filter in filters:
+            levels = topic_filter.split("/")
+            bad = (
+                len(levels) > 2
+                or any(not level or "\0" in level for level in levels)
+                or any("+" in level and level != "+" for level in levels)
+                or any(
+                    "#" in level and (level != "#" or i != len(levels) - 1)
+                    for i, level in enumerate(levels)
+                )
+            )
+            if bad:
+                raise ValueError(
+                    f"{topic_filter!r} must be a <device>/<sensor> filter: two levels, '+' a "
+                    "whole level, '#' only last (e.g. 'line-1/+', '+/temperature', '#')"
+                )
+        return filters
+
+    def sensor_subscriptions(self) -> list[str]:
+        """The topic filters the link subscribes to."""
+        return [f"{self.sensors}/{topic_filter}" for topic_filter in self.filters]
 
     @field_validator("sensors", "forecasts", "alerts", "agents", "fleet")
     @classmethod

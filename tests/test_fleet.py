@@ -109,10 +109,20 @@ def test_status_tabulates_the_groups_agents(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     messages = {
-        "moecast/agents/a1/status": {"state": "online", "model_version": 2, "group": GROUP},
+        "moecast/agents/a1/status": {
+            "state": "online",
+            "model_version": 2,
+            "group": GROUP,
+            "filters": ["line-1/+", "roof/+"],
+        },
         "moecast/agents/a1/bundle": {"state": "committed", "model_version": 2, "group": GROUP},
         "moecast/agents/a2/status": {"state": "online", "model_version": 1, "group": "other"},
         "moecast/agents/a3/status": {"state": "offline", "model_version": 1, "group": GROUP},
+        "moecast/agents/a1/metrics": {
+            "streams": 12,
+            "readings_accepted": 3400,
+            "forecast_tick_s": {"count": 4, "sum": 0.5},
+        },
         "moecast/agents/a3/bundle": {
             "state": "rejected",
             "model_version": None,
@@ -127,9 +137,16 @@ def test_status_tabulates_the_groups_agents(
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["agent", "status", "model", "update", "version", "reason"]
-    assert [line.split() for line in lines[1:]] == [
+    assert [line.split() for line in lines[1:3]] == [
         ["a1", "online", "2", "committed", "2"],
         ["a3", "offline", "1", "rejected", "-", "signature"],
+    ]
+    # Then each agent's share of the site and its load.
+    assert lines[3] == ""
+    assert lines[4].split() == ["agent", "streams", "readings", "tick_s", "filters"]
+    assert [line.split() for line in lines[5:]] == [
+        ["a1", "12", "3400", "0.125", "line-1/+,roof/+"],
+        ["a3", "-", "-", "-", "-"],
     ]
 
 

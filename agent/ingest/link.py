@@ -211,6 +211,7 @@ class MqttLink:
                 "model_version": self.model_version,
                 "started_at": self.started_at,
                 "group": self.settings.updates.group,
+                "filters": self.settings.topics.filters,
             }
         ).encode()
 
@@ -230,15 +231,15 @@ class MqttLink:
         with self._ack_lock:
             self._connection += 1
         topics = self.settings.topics
-        subscription = f"{topics.sensors}/+/+"
+        subscriptions = topics.sensor_subscriptions()
         if self._v5:
             # Retained readings come once per new subscription, not again on every reconnect.
             options = SubscribeOptions(
                 qos=topics.subscribe_qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
             )
-            client.subscribe(subscription, options=options)
+            client.subscribe([(each, options) for each in subscriptions])
         else:
-            client.subscribe(subscription, qos=topics.subscribe_qos)
+            client.subscribe([(each, topics.subscribe_qos) for each in subscriptions])
         if self._fleet_topics:
             self._subscribe_fleet(client)
         with self._status_lock:
@@ -251,7 +252,7 @@ class MqttLink:
             self.settings.broker.host,
             self.settings.broker.port,
             "resumed" if flags.session_present else "new",
-            subscription,
+            ", ".join(subscriptions),
         )
 
     def _subscribe_fleet(self, client: paho.Client) -> None:

@@ -31,6 +31,7 @@ from moecast.fleet.client import (
     FleetError,
     collect_expert_load,
     fleet_status,
+    load_table,
     publish_bundle,
     status_table,
 )
@@ -197,6 +198,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"no agent of group {args.group} has reported")
         return 1
     print(status_table(rows))
+    print()
+    print(load_table(rows))
     return 0
 
 

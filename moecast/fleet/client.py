@@ -219,6 +219,11 @@ class AgentRow:
     reason: str | None
     detail: str | None
     ts: float | None
+    # Where its streams come from and how busy it is (retained status and metrics).
+    filters: list[str] | None = None
+    streams: int | None = None
+    readings: int | None = None  # accepted since it started
+    tick_s: float | None = None  # mean forecasting tick
 
 
 def fleet_status(
@@ -228,8 +233,10 @@ def fleet_status(
     agents_prefix: str = DEFAULT_AGENTS_PREFIX,
     listen_s: float = DEFAULT_LISTEN_S,
 ) -> list[AgentRow]:
-    """One row per agent of `group`: its retained status and its last update step."""
-    messages = retained(conn, [f"{agents_prefix}/+/status", f"{agents_prefix}/+/bundle"], listen_s)
+    """One row per agent of `group`: its retained status, its last update step and, while it
+    runs, its load from its retained metrics."""
+    topics = [f"{agents_prefix}/+/{kind}" for kind in ("status", "bundle", "metrics")]
+    messages = retained(conn, topics, listen_s)
     documents: dict[str, dict[str, dict[str, Any]]] = {}
     for topic, payload in messages.items():
         agent_id, kind = topic[len(agents_prefix) + 1 :].split("/", 1)
@@ -239,8 +246,10 @@ def fleet_status(
     rows = []
     for agent_id, parts in sorted(documents.items()):
         status, update = parts.get("status", {}), parts.get("bundle", {})
+        metrics = parts.get("metrics", {})
         if group not in (status.get("group"), update.get("group")):
             continue
+        tick = metrics.get("forecast_tick_s") or {}
         rows.append(
             AgentRow(
                 agent_id,
@@ -251,9 +260,17 @@ def fleet_status(
                 update.get("reason"),
                 update.get("detail"),
                 update.get("ts"),
+                status.get("filters"),
+                metrics.get("streams"),
+                metrics.get("readings_accepted"),
+                tick["sum"] / tick["count"] if tick.get("count") else None,
             )
         )
     return rows
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def status_table(rows: list[AgentRow]) -> str:
@@ -262,13 +279,33 @@ def status_table(rows: list[AgentRow]) -> str:
         (
             row.agent_id,
             row.state or "-",
-            str(row.model_version if row.model_version is not None else "-"),
+            _dash(row.model_version),
             row.update or "-",
-            str(row.update_version if row.update_version is not None else "-"),
+            _dash(row.update_version),
             row.reason or "",
         )
         for row in rows
     ]
+    return _table(header, lines)
+
+
+def load_table(rows: list[AgentRow]) -> str:
+    """Which streams each agent takes (a sharded site: disjoint filters) and its load."""
+    header = ("agent", "streams", "readings", "tick_s", "filters")
+    lines = [
+        (
+            row.agent_id,
+            _dash(row.streams),
+            _dash(row.readings),
+            "-" if row.tick_s is None else f"{row.tick_s:.3f}",
+            ",".join(row.filters) if row.filters else "-",
+        )
+        for row in rows
+    ]
+    return _table(header, lines)
+
+
+def _table(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> str:
     widths = [max(map(len, column)) for column in zip(header, *lines, strict=True)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()

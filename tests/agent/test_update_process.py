@@ -118,4 +118,4 @@ def test_a_kill_during_the_swap_leaves_a_working_agent(
     assert process.terminate() == 0
     status = json.loads(watcher.messages_on(STATUS_TOPIC)[-1])
     assert status["state"] == "offline"
-    assert status["model_version"] == str(expected)
+    assert status["model_version"] == expected  # a number, as in forecasts

@@ -39,7 +39,8 @@ the daily period as above, else 1) averaged over its windows, and the weighted q
 baseline, for each class and for all series: the geometric mean of MASE over series; the WQL
 relative to SeasonalNaive (GIFT-Eval: each series' WQL over SeasonalNaive's on the same
 series, then the geometric mean); and, for each model, the share of series on which its MASE is
-strictly lower than each baseline's (ties, e.g. both exact on a flat stretch, are not wins).
+strictly lower than each baseline's (ties, e.g. both exact on a flat stretch, are not wins;
+their share is printed beside).
 Scores are floored at `SCORE_FLOOR` before logarithms: an exact forecast of a flat stretch
 counts as that floor for every forecaster alike instead of being left out or dominating.
 Lastly the series where the (first) model loses most against the best baseline on that series.
@@ -440,6 +441,7 @@ def summarise(
                         "group": group,
                         "horizon": h,
                         "share": float(np.mean(ours[both] < theirs[both])),
+                        "tie_share": float(np.mean(ours[both] == theirs[both])),
                     }
                 )
     vs_best: dict[str, list[tuple[str, float]]] = {}
@@ -471,13 +473,15 @@ def print_group(group: str, n_series: int, drop: float, table: dict) -> None:
             + "".join(f"{f'{ratio:.3f} ({SHORT[best]})':>17}" for best, ratio in per_h)
             + "   (its MASE over the best baseline's, per horizon)"
         )
-    shares: dict[tuple[str, str], list[str]] = defaultdict(list)
+    shares: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for win in table["wins"]:
-        shares[win["model"], win["baseline"]].append(f"{win['share']:.0%}")
+        shares[win["model"], win["baseline"]].append((win["share"], win["tie_share"]))
     if shares:
-        print("series won (lower MASE):")
-    for (model, baseline), texts in shares.items():
-        print(f"  {model + ' vs ' + baseline:<26}" + "".join(f"{t:>8}" for t in texts))
+        print("series won (strictly lower MASE), and tied where any:")
+    for (model, baseline), pairs in shares.items():
+        print(f"  {model + ' vs ' + baseline:<26}" + "".join(f"{w:>8.0%}" for w, _ in pairs))
+        if any(t > 0 for _, t in pairs):
+            print(f"  {'  tied':<26}" + "".join(f"{t:>8.0%}" for _, t in pairs))
 
 
 def worst_series(scored: list[dict], model: str, mase_of: dict[tuple, list[float]]) -> list:

@@ -18,10 +18,11 @@ forecaster sees the same 512-point context, with 0 % and 30 % of the readings dr
 
 Each series gets one class, from its history before the first forecast origin (its first
 60 %, never the scored targets), cut into context-sized blocks (512 points, at least half
-observed, gaps interpolated). In each block a classical decomposition: trend = centred moving
-average over the daily period p (when two periods fit in the context, as for SeasonalNaive),
-else over 25 points; seasonal = the mean of the detrended block at each phase of p (none
-without p); remainder = the rest. The rules, first match wins:
+observed, or a tenth where no block is; gaps interpolated). In each block a classical
+decomposition: trend = centred moving average over the daily period p (when two periods fit
+in the context, as for SeasonalNaive), else over 25 points; seasonal = the mean of the
+detrended block at each phase of p (none without p); remainder = the rest. The rules,
+first match wins:
 
 - `hold` (sample-and-hold): at least half of the observed consecutive pairs of the history
   repeat the previous reading exactly;
@@ -95,6 +96,8 @@ SEASONAL_STRENGTH = 0.6
 NOISE_SHARE = 0.25
 TREND_R2 = 0.3
 NO_SEASON_WINDOW = 25  # trend window (points) of a block without a visible daily period
+BLOCK_OBSERVED = 0.5
+SPARSE_BLOCK_OBSERVED = 0.1
 HISTORY_SHARE = 0.6  # forecast origins lie after it; classes are read before it
 WORST_SHOWN = 10
 
@@ -154,12 +157,14 @@ def features(values: np.ndarray, period: int, context: int) -> Features:
     pairs = np.isfinite(now) & np.isfinite(before)
     repeat = float(np.mean(now[pairs] == before[pairs])) if pairs.any() else 0.0
     window = period if period > 1 else NO_SEASON_WINDOW
+    blocks = [history[i : i + context] for i in range(0, history.size - context + 1, context)]
+    observed = np.array([np.isfinite(b).mean() for b in blocks])
+    # Sparse sensors (NAB traffic) may have no half-observed block: then every block with a
+    # tenth observed rather than no class at all.
+    enough = BLOCK_OBSERVED if (observed >= BLOCK_OBSERVED).any() else SPARSE_BLOCK_OBSERVED
     per_block = []
-    for start in range(0, history.size - context + 1, context):
-        block = history[start : start + context]
-        if np.isfinite(block).mean() < 0.5:
-            continue
-        found = _block_features(fill_gaps(block), period, window)
+    for block, share in zip(blocks, observed, strict=True):
+        found = _block_features(fill_gaps(block), period, window) if share >= enough else None
         if found is not None:
             per_block.append(found)
     if not per_block:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from moecast.agent.forecast.tick import Forecaster
+from moecast.agent.ops.broker_config import broker_config_warnings
 from moecast.agent.ops.heartbeat import HEARTBEAT_FILE, Heartbeat, check
 from moecast.agent.ops.metrics import PrometheusError
 from moecast.agent.settings import (
@@ -68,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check:
         print(settings.effective_yaml(), end="")
-        for warning in trust_warnings(settings):
+        broker = settings.broker
+        for warning in [
+            *trust_warnings(settings),
+            *broker_config_warnings(broker.config_file, settings.updates.max_message_bytes),
+        ]:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.health:

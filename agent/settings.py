@@ -99,6 +99,9 @@ class BrokerSettings(_Section):
     receive_maximum: int = Field(default=1_000, gt=0, le=65_535)
     reconnect_min_s: float = Field(default=1.0, gt=0)  # first reconnect delay, doubling ...
     reconnect_max_s: float = Field(default=60.0, gt=0)  # ... up to this
+    # The broker's mosquitto.conf, when it runs on this device: `--check` reads its queue and
+    # persistence limits and warns where they can lose acknowledged readings.
+    config_file: Path | None = None
 
     @field_validator("url")
     @classmethod

@@ -244,6 +244,11 @@ class MqttLink:
             self._subscribe_fleet(client)
         with self._status_lock:
             client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+        # A process's first connect may rightly start a session; any later one must find the
+        # session this process established. A new one there means the broker lost it (a
+        # restart without persistence, a crash before its autosave, an expired session) and,
+        # with it, the readings it had queued and already acknowledged to their publishers.
+        expected_session = self.metrics.connects > 0
         self.metrics.count_connect()
         self._unreachable_logged = False
         self.connected.set()
@@ -254,6 +259,15 @@ class MqttLink:
             "resumed" if flags.session_present else "new",
             ", ".join(subscriptions),
         )
+        if expected_session and not flags.session_present:
+            self.metrics.count_session_lost()
+            log.warning(
+                "the broker at %s:%s did not resume this agent's session: readings it had queued "
+                "for the agent may have been lost (counted as session_lost; numbered readings "
+                "show up in lost_upstream)",
+                self.settings.broker.host,
+                self.settings.broker.port,
+            )
 
     def _subscribe_fleet(self, client: paho.Client) -> None:
         topics = self._fleet_topics

@@ -64,6 +64,9 @@ class AgentMetrics:
         self.batches = 0
         self.store_errors = 0
         self.connects = 0
+        # Reconnects that found the broker without the session it had: whatever it queued for
+        # the agent (acknowledged to the publishers) may be gone.
+        self.session_lost = 0
         self.rejected: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self._registry_dropped: dict[str, int] = {}
@@ -119,6 +122,10 @@ class AgentMetrics:
         with self._lock:
             self.connects += 1
 
+    def count_session_lost(self) -> None:
+        with self._lock:
+            self.session_lost += 1
+
     def observe_store_write(self, seconds: float) -> None:
         with self._lock:
             self.store_write.observe(seconds)
@@ -151,6 +158,7 @@ class AgentMetrics:
                 "dropped": dict(sorted(dropped.items())),
                 "store_errors": self.store_errors,
                 "connects": self.connects,
+                "session_lost": self.session_lost,
                 "store_write_s": _histogram_json(self.store_write),
                 "streams_forecast": self.streams_forecast,
                 "forecast_skipped": dict(sorted(self.forecast_skipped.items())),
@@ -251,6 +259,7 @@ class _Collector:
             ("acked", "QoS 1 messages acknowledged after their readings were stored"),
             ("store_errors", "failed SQLite writes (retried)"),
             ("connects", "successful connections to the broker"),
+            ("session_lost", "reconnects to a broker that had lost the agent's session"),
             ("streams_forecast", "stream forecasts published"),
         ):
             yield CounterMetricFamily(f"moecast_agent_{name}", doc, value=snap[name])

@@ -67,8 +67,9 @@ class Calibrator:
 
 def calibrated(quantiles: np.ndarray, median: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Published quantiles from sorted model `quantiles` `[rows, steps, levels]`, their
-    `median` `[rows, steps]` and the rows' `scales` `[rows, levels]`: monotone per step."""
-    centre = median[..., None]
-    scaled = centre + scales[:, None, :] * (quantiles - centre)
+    `median` `[rows, steps, 1]` and the rows' `scales` `[rows, levels]`: monotone per step."""
+    out = quantiles - median
+    out *= scales[:, None, :]
+    out += median
     # Cheaper than sorting again, and the same wherever no two levels crossed.
-    return np.maximum.accumulate(scaled, axis=-1)
+    return np.maximum.accumulate(out, axis=-1, out=out)

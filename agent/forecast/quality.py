@@ -91,6 +91,7 @@ class QualityMonitor:
         self._horizons: tuple[int, ...] = ()
         self._levels = np.empty(0)
         self._weights = np.empty(0)
+        self._median_index: int | None = None
         self._last_end = np.empty(0)
         self._interval = np.empty(0)
         self._naive = np.empty(0, np.float32)
@@ -111,6 +112,7 @@ class QualityMonitor:
         self._raw: dict[int, np.ndarray] | None = None
         self._saved_at = -math.inf
         self.snapshot: QualitySnapshot | None = None
+        self._live: tuple[list[StreamId], np.ndarray] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -222,8 +224,14 @@ class QualityMonitor:
         with np.errstate(invalid="ignore"):
             for head, h in enumerate(self._horizons):
                 q = quantiles[h]
-                calibrated[h] = apply_scales(q, q @ self._weights, scales[:, head])
+                calibrated[h] = apply_scales(q, self._median(q), scales[:, head])
         return calibrated
+
+    def _median(self, quantiles: np.ndarray) -> np.ndarray:
+        """`[..., 1]` medians: the 0.5 column itself where the model has one."""
+        if self._median_index is not None:
+            return quantiles[..., self._median_index, None]
+        return (quantiles @ self._weights)[..., None]
 
     # 3. payload additions
 
@@ -429,6 +437,8 @@ class QualityMonitor:
         self._horizons = tuple(horizons)
         self._levels = np.asarray(levels, np.float64)
         self._weights = median_weights(self._levels)
+        exact = np.flatnonzero(self._levels == 0.5)
+        self._median_index = int(exact[0]) if exact.size else None
         heads = len(horizons)
         self.skill = SkillBook(heads, self.config.skill_window, self._capacity)
         self.calibrator = Calibrator(
@@ -450,6 +460,7 @@ class QualityMonitor:
             if slot >= self._capacity:
                 self._grow(max(16, 2 * self._capacity))
         self._slots[stream] = slot
+        self._live = None
         state = self._loaded.pop(stream, None)
         if state is not None:
             self._restore(slot, state)
@@ -458,6 +469,7 @@ class QualityMonitor:
     def _release(self, stream: StreamId) -> None:
         slot = self._slots.pop(stream)
         self._streams[slot] = None
+        self._live = None
         self._free.append(slot)
         self.skill.reset(slot)
         self.calibrator.reset(slot)
@@ -492,11 +504,14 @@ class QualityMonitor:
 
     def _publish_summary(self) -> None:
         summary = self.skill.summary()
-        live = [(slot, s) for slot, s in enumerate(self._streams) if s is not None]
-        index = np.fromiter((slot for slot, _ in live), np.intp, len(live))
+        if self._live is None:  # rebuilt only when streams come or go
+            live = [(slot, s) for slot, s in enumerate(self._streams) if s is not None]
+            index = np.fromiter((slot for slot, _ in live), np.intp, len(live))
+            self._live = ([s for _, s in live], index)
+        streams, index = self._live
         self.snapshot = QualitySnapshot(
             self._horizons,
-            [s for _, s in live],
+            streams,
             index,
             {name: np.array(values[index]) for name, values in summary.items()},
             dict(self.counters),

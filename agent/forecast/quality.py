@@ -328,7 +328,7 @@ class QualityMonitor:
                     np.full(rows * h, head, np.int8),
                     (ends[due, None] + intervals[due, None] * lead).reshape(-1),
                     np.repeat(naive[due], h),
-                    np.full(rows * h, now),
+                    np.full(rows * h, round(now, 3)),  # as the payload states it
                     q.reshape(rows * h, -1),
                 )
             )
@@ -389,7 +389,7 @@ class QualityMonitor:
             "horizons": list(self._horizons),
             "levels": self._levels.tolist(),
             "skill": self.skill.state(slot),
-            "log_scale": self.calibrator.log_scale[slot].tolist(),
+            "log_scale": np.round(self.calibrator.log_scale[slot], 6).tolist(),
             "raised": bool(self.anomalies.raised[slot]),
             "inside_run": int(self.anomalies.inside_run[slot]),
             "stale": bool(self.anomalies.stale[slot]),

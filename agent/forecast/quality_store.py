@@ -19,12 +19,13 @@ from typing import Any
 from moecast.agent.ingest.readings import StreamId
 
 _SCHEMA = """
+-- A rowid table: WITHOUT ROWID would put each ~1 KB state on an overflow page of its own.
 CREATE TABLE IF NOT EXISTS stream_quality (
     device TEXT NOT NULL,
     sensor TEXT NOT NULL,
     state TEXT NOT NULL,
     PRIMARY KEY (device, sensor)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS discovery_topics (
     topic TEXT PRIMARY KEY
 ) WITHOUT ROWID;

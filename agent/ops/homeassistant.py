@@ -94,7 +94,7 @@ def discovery_configs(
         "'skill': value_json.get('skill')} | tojson }}"
     )
     sensor = {
-        "name": f"{stream.sensor} forecast",
+        "name": f"{stream.device} {stream.sensor} forecast",
         "unique_id": f"moecast_{node}_{obj}_forecast",
         "state_topic": forecast_topic,
         "value_template": f"{{{{ value_json.horizons['{head}'].median[{step - 1}] }}}}",
@@ -110,7 +110,7 @@ def discovery_configs(
     }
     anomaly_topic = stream.topic(settings.quality.anomalies.topic)
     binary = {
-        "name": f"{stream.sensor} anomaly",
+        "name": f"{stream.device} {stream.sensor} anomaly",
         "unique_id": f"moecast_{node}_{obj}_anomaly",
         "state_topic": anomaly_topic,
         "value_template": "{{ 'ON' if value_json.state == 'raised' else 'OFF' }}",

@@ -14,10 +14,11 @@ Per tick, in the Forecaster's order:
    discovery is published, the state is saved every `save_interval_s`, and the snapshot the
    metrics threads read is swapped in.
 
-Memory per stream (4 heads of 1, 8, 32 and 64 steps, 9 levels, `origins_per_head` 2): at most
-(K + 1) * 105 pending steps of 61 bytes (~19 KB; ~13 KB in steady state, when each head holds
-K origins), plus ~0.6 KB of sums and factors. State is saved in `quality.db` (~1 KB per
-stream); pending steps are not: a restart loses at most one horizon of scoring.
+Memory per stream (4 heads of 1, 8, 32 and 64 steps, 9 levels, `origins_per_head` 2): pending
+steps of 61 bytes, at most (K + 1) * 105 of them (19 KB), ~8.9 KB measured in steady state
+(`benchmarks/quality_overhead.py`), plus 0.45 KB of sums and factors. State is saved in
+`quality.db` (~1.6 KB per stream on disk); pending steps are not: a restart loses at most one
+horizon of scoring.
 """
 
 from __future__ import annotations

@@ -100,6 +100,15 @@ def test_skill_equals_the_hand_computed_scores_and_survives_a_restart(tmp_path: 
     section = replay.metrics.snapshot()["quality"]
     assert section["per_stream"]["boiler/temp"]["1"]["n"] == last - 1 - 7
     assert section["scored_steps"] > 0
+    pytest.importorskip("prometheus_client")
+    from moecast.agent.ops.metrics import _Collector
+
+    families = {family.name: family for family in _Collector(replay.metrics).collect()}
+    [sample] = [
+        s for s in families["moecast_agent_forecast_skill"].samples if s.labels["horizon"] == "1"
+    ]
+    assert sample.labels == {"stream": "boiler/temp", "horizon": "1"}
+    assert sample.value == pytest.approx(1 - abs_sum / naive_sum, rel=1e-12)
 
     # A new agent run picks the summaries up from quality.db.
     restarted = Replay(Forecaster(bundle, settings))  # type: ignore[arg-type]

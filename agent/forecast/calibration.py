@@ -8,7 +8,8 @@ update only stops drifting where the miss rate equals its target, so each level'
 converges on its nominal level whatever the model's own widths were; on the log scale the
 factor stays positive, and a miss (rare, for outer levels) moves it more than a hit. The
 median itself is never moved. After scaling, a running maximum over each step's levels keeps
-them monotone even when neighbouring levels learnt different factors.
+them monotone even when neighbouring levels learnt different factors (skipped where the factors
+grow outwards from the median, which keeps sorted quantiles sorted anyway).
 
 A model whose quantiles collapse onto the median (zero width) cannot be widened by a factor:
 such a stream keeps its zero-width interval (its coverage says so).
@@ -65,11 +66,28 @@ class Calibrator:
         return np.exp(self.log_scale[slot])
 
 
-def calibrated(quantiles: np.ndarray, median: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def keeps_order(scales: np.ndarray, median_index: int | None) -> bool:
+    """Whether factors `[..., levels]` keep any sorted quantiles sorted: they grow outwards
+    from the median's level (an outer distance, at least as long, scaled at least as much)."""
+    if median_index is None:
+        return False
+    inner_to_low = np.diff(scales[..., : median_index + 1], axis=-1) <= 0
+    inner_to_high = np.diff(scales[..., median_index:], axis=-1) >= 0
+    return bool(inner_to_low.all() and inner_to_high.all())
+
+
+def calibrated(
+    quantiles: np.ndarray, median: np.ndarray, scales: np.ndarray, ordered: bool = False
+) -> np.ndarray:
     """Published quantiles from sorted model `quantiles` `[rows, steps, levels]`, their
-    `median` `[rows, steps, 1]` and the rows' `scales` `[rows, levels]`: monotone per step."""
+    `median` `[rows, steps, 1]` and the `scales` `[rows, steps, levels]`, monotone per step;
+    `ordered`: the scales are known to keep the order (`keeps_order`)."""
     out = quantiles - median
-    out *= scales[:, None, :]
+    out *= scales
     out += median
-    # Cheaper than sorting again, and the same wherever no two levels crossed.
-    return np.maximum.accumulate(out, axis=-1, out=out)
+    if not ordered:
+        # A running maximum over the levels, as a loop over the few levels: numpy's
+        # accumulate along a short last axis is several times slower.
+        for i in range(1, out.shape[-1]):
+            np.maximum(out[..., i - 1], out[..., i], out=out[..., i])
+    return out

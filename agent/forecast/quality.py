@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 from moecast.agent.forecast.anomalies import AnomalyStates
-from moecast.agent.forecast.calibration import Calibrator
+from moecast.agent.forecast.calibration import Calibrator, keeps_order
 from moecast.agent.forecast.calibration import calibrated as apply_scales
 from moecast.agent.forecast.encoding import median_weights, round_significant
 from moecast.agent.forecast.quality_store import QUALITY_DB, QualityStore
@@ -93,6 +93,7 @@ class QualityMonitor:
         self._levels = np.empty(0)
         self._weights = np.empty(0)
         self._median_index: int | None = None
+        self._head_starts = np.empty(0, np.intp)
         self._last_end = np.empty(0)
         self._interval = np.empty(0)
         self._naive = np.empty(0, np.float32)
@@ -220,13 +221,16 @@ class QualityMonitor:
         if not (self.enabled and self.config.calibrate) or not rows:
             return quantiles
         slots = np.fromiter((self._slots[row.stream] for row in rows), np.intp, len(rows))
-        scales = self._scales[slots]  # [rows, heads, levels]
-        calibrated = {}
+        # All heads in one array [rows, steps of every head, levels]: a handful of numpy
+        # calls per model run instead of a handful per head.
+        heads = self._horizons
+        joined = np.concatenate([quantiles[h] for h in heads], axis=1)
+        per_head = self._scales[slots]
+        ordered = keeps_order(per_head, self._median_index)
+        scales = np.repeat(per_head, heads, axis=1)  # [rows, steps, levels]
         with np.errstate(invalid="ignore"):
-            for head, h in enumerate(self._horizons):
-                q = quantiles[h]
-                calibrated[h] = apply_scales(q, self._median(q), scales[:, head])
-        return calibrated
+            joined = apply_scales(joined, self._median(joined), scales, ordered)
+        return dict(zip(heads, np.split(joined, self._head_starts, axis=1), strict=True))
 
     def _median(self, quantiles: np.ndarray) -> np.ndarray:
         """`[..., 1]` medians: the 0.5 column itself where the model has one."""
@@ -438,6 +442,7 @@ class QualityMonitor:
         self._horizons = tuple(horizons)
         self._levels = np.asarray(levels, np.float64)
         self._weights = median_weights(self._levels)
+        self._head_starts = np.cumsum(horizons)[:-1]
         exact = np.flatnonzero(self._levels == 0.5)
         self._median_index = int(exact[0]) if exact.size else None
         heads = len(horizons)

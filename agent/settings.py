@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from moecast.agent.forecast.alerts import AlertRule
+from moecast.agent.forecast.quality_settings import HomeAssistantSettings, QualitySettings
 from moecast.agent.ingest.payloads import PayloadLimits
 from moecast.agent.ingest.readings import StreamId, name_problem
 from moecast.agent.ingest.store import StoreLimits
@@ -315,6 +316,8 @@ class AgentSettings(BaseSettings):
     # which is signed with it; never in production, where anyone can sign with that key.
     trust_dev_key: bool = False
     updates: UpdateSettings = UpdateSettings()  # fleet model updates (agent.updates)
+    quality: QualitySettings = QualitySettings()  # live skill, calibration, anomalies
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()  # MQTT discovery
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

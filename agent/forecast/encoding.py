@@ -8,11 +8,13 @@
 Step `i` (from 1) of every horizon lies at `grid_end + i * interval_s`, `grid_end` being the
 label (end) of the last bin of the stream's grid. Values are rounded to 6 significant digits
 (a forecast of float32 noise stays compact) and written by orjson, numpy arrays as they are.
+The quality checks add keys (`skill`, `calibration`, optionally `raw_quantiles`): see
+`moecast.agent.forecast.quality`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,9 +64,10 @@ class PayloadEncoder:
         quantiles: dict[int, np.ndarray],
         now: float,
         model_version: int,
+        extras: Sequence[Mapping[str, object]] | None = None,
     ) -> list[bytes]:
         """One payload per row; `quantiles[h]` is `[len(rows), h, n_levels]`, sorted per step
-        and finite."""
+        and finite. `extras[i]`: keys added to row i's payload (the quality checks')."""
         medians, columns = {}, {}
         for h in self._horizons:
             q = np.asarray(quantiles[h], dtype=np.float64)
@@ -91,5 +94,7 @@ class PayloadEncoder:
                 "quantile_levels": self._levels,
                 "horizons": horizons,
             }
+            if extras is not None:
+                payload.update(extras[i])
             payloads.append(orjson.dumps(payload, option=_OPTIONS))
         return payloads

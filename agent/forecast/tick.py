@@ -26,6 +26,7 @@ from moecast.agent.forecast.alerts import AlertRule, AlertTracker
 from moecast.agent.forecast.encoding import PayloadEncoder
 from moecast.agent.forecast.grid import detect_interval, to_grid
 from moecast.agent.forecast.outcome import TickOutcome
+from moecast.agent.forecast.quality import QualityMonitor
 from moecast.agent.ingest.readings import StreamId
 from moecast.agent.runtime import TickContext
 from moecast.agent.settings import AgentSettings
@@ -88,6 +89,8 @@ class Forecaster:
         self._model = _Model(bundle)
         self._detected_intervals: dict[StreamId, float] = {}
         self.alerts = AlertTracker()
+        # Live skill, calibrated quantiles, anomalies, Home Assistant (forecast.quality).
+        self.quality = QualityMonitor(settings, self._stale_after)
 
     @property
     def bundle(self) -> Bundle:
@@ -114,6 +117,7 @@ class Forecaster:
         outcome = TickOutcome(model.version)
         skipped = outcome.skipped
         rows = list(self._due_rows(context, model.context_length, skipped))
+        self.quality.observe(rows, model.horizons, model.levels, context)
         inference_s = 0.0
         forecast = 0
         for chunk in _chunks(rows, MAX_BATCH):
@@ -132,6 +136,7 @@ class Forecaster:
                 h: np.sort(outputs[output_name(h)].astype(np.float64), axis=-1)
                 for h in model.horizons
             }
+            ordered = self.quality.calibrate(chunk, ordered)
             finite = np.logical_and.reduce(
                 [np.isfinite(q).all(axis=(1, 2)) for q in ordered.values()]
             )
@@ -139,9 +144,9 @@ class Forecaster:
             longest = ordered[max(model.horizons)]
             good = np.flatnonzero(finite)
             shown = [chunk[i] for i in good]
-            payloads = model.encoder.encode(
-                shown, {h: q[good] for h, q in ordered.items()}, context.now, model.version
-            )
+            issued = {h: q[good] for h, q in ordered.items()}
+            extras = self.quality.issued(shown, issued, good, context.now)
+            payloads = model.encoder.encode(shown, issued, context.now, model.version, extras)
             for i, row, payload in zip(good, shown, payloads, strict=True):
                 context.link.publish(
                     row.stream.topic(self.settings.topics.forecasts),
@@ -153,6 +158,7 @@ class Forecaster:
                 self._alert(context, row, longest[i], model.levels)
             forecast += len(shown)
         outcome.forecast = forecast
+        self.quality.finish(context)
         outcome.skipped = skipped = +skipped  # drop reasons counted zero times
         context.metrics.observe_forecast_tick(
             time.perf_counter() - started, inference_s, forecast, skipped

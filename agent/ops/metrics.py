@@ -13,10 +13,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# (name, help, label names, [(label values, value)]): one Prometheus gauge family.
+LabelledGauge = tuple[str, str, list[str], list[tuple[list[str], float]]]
 
 # Upper bounds (seconds) of the store-write latency buckets: a commit without fsync takes well
 # under a millisecond, one with fsync on an SD card tens of milliseconds.
@@ -77,6 +80,7 @@ class AgentMetrics:
         self.forecast_inference = Histogram(FORECAST_TICK_BUCKETS_S)
         self._gauges: dict[str, Callable[[], float]] = {}
         self._sections: dict[str, Callable[[], Any]] = {}
+        self._labelled: dict[str, Callable[[], Iterable[LabelledGauge]]] = {}
 
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         """A value read when a snapshot is taken, e.g. the ingest queue depth."""
@@ -86,6 +90,14 @@ class AgentMetrics:
         """A JSON value read when a snapshot is taken (left out when it reads None), e.g. the
         aggregated expert load; on the metrics topic only, not in Prometheus."""
         self._sections[name] = read
+
+    def add_labelled_gauges(self, key: str, read: Callable[[], Iterable[LabelledGauge]]) -> None:
+        """Gauge families with labels (e.g. per stream), read at each Prometheus scrape; not on
+        the metrics topic (a section summarises them there). A second `key` replaces the first."""
+        self._labelled[key] = read
+
+    def labelled_gauges(self) -> list[LabelledGauge]:
+        return [family for read in self._labelled.values() for family in read()]
 
     @property
     def gauge_names(self) -> list[str]:
@@ -281,6 +293,11 @@ class _Collector:
             )
         for name in self._metrics.gauge_names:
             yield GaugeMetricFamily(f"moecast_agent_{name}", name, value=snap[name])
+        for name, doc, labels, samples in self._metrics.labelled_gauges():
+            family = GaugeMetricFamily(f"moecast_agent_{name}", doc, labels=labels)
+            for values, value in samples:
+                family.add_metric(values, value)
+            yield family
         for name, doc in (
             ("store_write", "time to write and commit one batch"),
             ("forecast_tick", "time of one forecasting tick, publishing included"),

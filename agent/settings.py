@@ -178,6 +178,10 @@ class StreamRule(_Section):
     interval_s: float | Literal["auto"] = "auto"  # the grid step; "auto": detected
     context_points: int | None = Field(default=None, gt=0)  # None: the bundle's context length
     alerts: list[AlertRule] = []  # rules evaluated on each forecast of a matching stream
+    # The sensor's physical lower bound (e.g. 0 for a level or a vibration amplitude): the
+    # medians and quantiles of its forecasts are clipped to it. None: unbounded.
+    min: float | None = None
+    max: float | None = None  # the upper bound, likewise (e.g. 100 for a percentage)
 
     @field_validator("interval_s", mode="before")
     @classmethod
@@ -204,6 +208,12 @@ class StreamRule(_Section):
             raise ValueError(f"alert rule names must be unique within a pattern: {names}")
         return alerts
 
+    @model_validator(mode="after")
+    def _bounds(self) -> StreamRule:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
     def matches(self, stream: StreamId) -> bool:
         return fnmatchcase(str(stream), self.pattern)
 
@@ -215,12 +225,19 @@ class ForecastSettings(_Section):
     # Observed (non-empty) grid bins a stream needs before it is forecast: fewer say too
     # little for the model's per-series scaling to mean anything.
     min_observed_bins: int = Field(default=8, gt=0)
-    # A stream whose newest reading (event time) is older than this at a tick is not forecast
-    # (counted as skipped "stale"), so its retained forecast expires rather than being renewed
-    # with steps in the past. "auto": 16 of the stream's intervals, at least 600 s (see
-    # moecast.agent.forecast.tick); a fixed time would silence daily streams or keep 1 s ones
-    # too long.
+    # A stream no reading has *arrived* for in this long (agent clock, not the readings' own
+    # timestamps, so replayed history counts as fresh) is not forecast: counted and logged as
+    # "stale", its retained forecast expires. "auto": 16 of the stream's intervals, at least
+    # 600 s (see moecast.agent.forecast.tick); a fixed time would silence daily streams or keep
+    # 1 s ones too long.
     stale_after_s: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    # "on_change": publish a stream's forecast when its origin (grid_end) or the model changed,
+    # or when the retained one is half way to expiry_s; "every_tick": at every tick.
+    publish: Literal["on_change", "every_tick"] = "on_change"
+    # "full": every quantile level, 6 significant digits, step timestamps. "compact" (for
+    # constrained links): the median and the 80 % interval (0.1 and 0.9), 4 significant
+    # digits, no step timestamps (step i lies at grid_end + i * interval_s).
+    payload: Literal["full", "compact"] = "full"
 
 
 class IngestSettings(_Section):

@@ -10,6 +10,7 @@ it rather than a setting silently left at its default.
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -463,6 +464,9 @@ def describe_settings_error(error: Exception) -> list[str]:
             secret = any("password" in str(part) for part in problem["loc"])
             if problem["type"] == "extra_forbidden":
                 message = "unknown setting"
+                closest = closest_setting(problem["loc"])
+                if closest is not None:
+                    message += f"; did you mean {closest!r}?"
             elif isinstance(shown, str | int | float) and not secret and repr(shown) not in message:
                 message += f" (got {shown!r})"
             line = f"{path}: {message}" if path else message
@@ -471,6 +475,39 @@ def describe_settings_error(error: Exception) -> list[str]:
         return lines
     # SettingsError: an environment variable that is not valid JSON for a list or mapping.
     return [redact_urls(str(error))]
+
+
+def closest_setting(loc: tuple[int | str, ...]) -> str | None:
+    """The known setting nearest in spelling to the unknown one at `loc` (its last part), among
+    the fields of the section that holds it; None when nothing is close."""
+    fields = _fields_of_section(loc[:-1])
+    if fields is None or not loc or not isinstance(loc[-1], str):
+        return None
+    found = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _fields_of_section(loc: tuple[int | str, ...]) -> list[str] | None:
+    model: type[BaseModel] | None = AgentSettings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is the list's
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return None if model is None else list(model.model_fields)
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The settings model an annotation holds: itself, a list's items, an optional's value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -11,7 +11,10 @@ nothing arrives for gets no new forecast, so its retained one expires (`forecast
 Skipped streams are counted per reason: "no_interval", "stale", "too_few_points",
 "non_finite_forecast", "unchanged" (`forecast.publish: on_change`: the origin and the model are
 those of the forecast already published); each stream's reason is logged once, with the
-setting that governs it, until the stream is forecast again.
+setting that governs it, until the stream is forecast again. For `updates.trial_ticks` ticks
+after `use_bundle`, unchanged streams still go through the model, unpublished: a model on
+trial is judged on what its ticks compute (agent.updates.active), whether or not new readings
+came in.
 
 A stream rule's `min`/`max` clip the forecast's quantiles (and so its median and alerts).
 """
@@ -65,6 +68,7 @@ class GridRow:
     alerts: list[AlertRule]
     low: float = -np.inf  # the stream rule's bounds, clipping its forecast
     high: float = np.inf
+    publish: bool = True  # False: run for a model on trial only, the forecast is unchanged
 
 
 class _Model:
@@ -99,6 +103,7 @@ class Forecaster:
         # Per stream: (grid_end, model version, when) of the forecast last published.
         self._published: dict[StreamId, tuple[float, int, float]] = {}
         self._skip_logged: dict[StreamId, str] = {}  # the reason last logged, until forecast
+        self._ticks_since_swap = settings.updates.trial_ticks  # the first bundle is no trial
 
     @property
     def bundle(self) -> Bundle:
@@ -118,6 +123,7 @@ class Forecaster:
         belong to the streams, not to the model. The caller reports the new version on the
         status topic (`MqttLink.set_model_version`)."""
         self._model = _Model(bundle, self.settings.forecast.payload == "compact")
+        self._ticks_since_swap = 0
 
     def __call__(self, context: TickContext) -> TickOutcome:
         started = time.perf_counter()
@@ -152,8 +158,9 @@ class Forecaster:
                 [np.isfinite(q).all(axis=(1, 2)) for q in ordered.values()]
             )
             skipped["non_finite_forecast"] += int(np.count_nonzero(~finite))
+            skipped["unchanged"] += sum(not row.publish for row in chunk)
             longest = ordered[max(model.horizons)]
-            good = np.flatnonzero(finite)
+            good = np.flatnonzero(finite & np.array([row.publish for row in chunk]))
             shown = [chunk[i] for i in good]
             payloads = model.encoder.encode(
                 shown, {h: q[good] for h, q in ordered.items()}, context.now, model.version
@@ -172,6 +179,8 @@ class Forecaster:
             forecast += len(shown)
         outcome.forecast = forecast
         outcome.skipped = skipped = +skipped  # drop reasons counted zero times
+        if outcome.runs:
+            self._ticks_since_swap += 1  # as a trial counts them: ticks that ran the model
         context.metrics.observe_forecast_tick(
             time.perf_counter() - started, inference_s, forecast, skipped
         )
@@ -183,6 +192,7 @@ class Forecaster:
         self, context: TickContext, context_length: int, skipped: Counter[str]
     ) -> Iterator[GridRow]:
         settings = self.settings.forecast
+        on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
         streams = context.registry.streams()
         for stream in streams:
             snapshot = context.registry.snapshot(stream)
@@ -200,7 +210,10 @@ class Forecaster:
                 self._skip(stream, skipped, "stale", f"{silent_s:.0f} s > {stale_after:.0f} s")
                 continue
             grid_end = math.ceil(ts[-1] / interval) * interval  # as to_grid labels it
-            if settings.publish == "on_change" and self._unchanged(stream, grid_end, context.now):
+            unchanged = settings.publish == "on_change" and self._unchanged(
+                stream, grid_end, context.now
+            )
+            if unchanged and not on_trial:
                 skipped["unchanged"] += 1
                 continue
             wanted = rule.context_points if rule and rule.context_points else context_length
@@ -210,7 +223,8 @@ class Forecaster:
                 self._skip(stream, skipped, "too_few_points", f"{observed} of {grid.size} bins")
                 continue
             low, high = _bounds(rule)
-            yield GridRow(stream, interval, grid_end, grid, rule.alerts if rule else [], low, high)
+            alerts = rule.alerts if rule else []
+            yield GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)

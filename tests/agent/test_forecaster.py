@@ -472,6 +472,30 @@ def test_an_unchanged_stream_is_not_republished(bundle: Bundle, tmp_path: Path) 
     assert [len(tick(every, registry, NOW + 60 + i)[0].published) for i in range(2)] == [1, 1]
 
 
+def test_a_model_on_trial_runs_on_unchanged_streams_without_republishing(
+    bundle: Bundle, bundle_v2: Bundle, tmp_path: Path
+) -> None:
+    """A trial counts ticks that ran the model: after a swap, unchanged streams still go
+    through it for updates.trial_ticks ticks, but only the first (new version) is published."""
+    registry = StreamRegistry()
+    registry.insert(StreamId("boiler", "temp"), regular(100), arrival_ts=NOW)
+    settings = settings_with(tmp_path, updates={"trial_ticks": 2})
+    fc = Forecaster(bundle, settings)
+    tick(fc, registry)
+    assert fc(TickContext(NOW + 1, settings, registry, RecordingLink(), AgentMetrics())).runs == 0
+    fc.use_bundle(bundle_v2)
+    outcomes, links = [], []
+    for i in range(4):
+        link = RecordingLink()
+        context = TickContext(NOW + 2 + i, settings, registry, link, AgentMetrics())
+        outcomes.append(fc(context))  # type: ignore[arg-type]
+        links.append(len(link.published))
+    assert [o.runs for o in outcomes] == [1, 1, 0, 0]
+    assert links == [1, 0, 0, 0]
+    skipped = [dict(o.skipped) for o in outcomes]
+    assert skipped == [{}, *[{"unchanged": 1}] * 3]
+
+
 def test_stream_bounds_clip_medians_and_quantiles(bundle: Bundle, tmp_path: Path) -> None:
     registry = StreamRegistry()
     rng = np.random.default_rng(3)

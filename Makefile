@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CSV    ?= ../shared/data/ett/ETTh1.csv
-COLUMN ?= OT
+# A real series shipped in the repository (samples/README.md): no data folder needed.
+CSV    ?= samples/office_temperature.csv
+COLUMN ?= value
 HORIZON ?= 96
 
 .PHONY: install install-demo install-dev demo forecast test lint default-bundle clean

@@ -1,5 +1,9 @@
 """`moecast agent`: run the edge agent until SIGTERM or SIGINT, or `--check` its settings.
 
+`--check` prints the effective settings (YAML, secrets masked) and, on stderr, what the agent
+will do with them: which bundle it forecasts with (verified as at start) or that it will only
+ingest, the stream rules and alerts, the limits that reject readings.
+
 Exit status: 0 after a clean stop or a valid `--check`; 1 when the agent cannot open its store
 or fails while running (its writer thread died); 2 for invalid settings or a bundle that fails
 verification. `--health` (a container's health check): 0 while the running agent's heartbeat
@@ -30,6 +34,7 @@ from moecast.agent.ops.metrics import PrometheusError
 from moecast.agent.settings import (
     AgentSettings,
     SettingsFileError,
+    StreamRule,
     describe_settings_error,
     load_settings,
 )
@@ -54,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="validate the settings, print them as YAML (secrets masked) and exit",
+        help="validate the settings and the bundle, print the settings as YAML (secrets "
+        "masked) and what the agent will do with them, and exit",
     )
     parser.add_argument(
         "--health",
@@ -69,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check:
         print(settings.effective_yaml(), end="")
+        try:
+            plan, warnings = describe_plan(settings)
+        except BundleError as err:
+            print(f"error: bundle rejected: {err}", file=sys.stderr)
+            return 2
+        print("the agent will:", file=sys.stderr)
+        for line in plan:
+            print(f"  - {line}", file=sys.stderr)
         broker = settings.broker
         for warning in [
+            *warnings,
             *trust_warnings(settings),
             *broker_config_warnings(broker.config_file, settings.updates.max_message_bytes),
         ]:
@@ -153,27 +168,112 @@ def serve(settings: AgentSettings) -> int:
     return status
 
 
-def _forecaster_or_none(settings: AgentSettings) -> Forecaster | None:
-    """The forecaster of the configured or default bundle; None to run without forecasts.
-    Raises BundleError for a bundle that fails verification."""
+def _bundle_choice(settings: AgentSettings) -> tuple[Path | None, str]:
+    """The bundle the agent starts with, or None and why it forecasts nothing."""
+    if settings.bundle_path is not None:
+        return settings.bundle_path, ""
+    if not (DEFAULT_BUNDLE / MANIFEST_FILE).exists():
+        return None, "no bundle available (bundle_path unset)"
+    if not settings.trust_dev_key:
+        return None, (
+            f"the default bundle {DEFAULT_BUNDLE} is signed with the development key: set "
+            "trust_dev_key: true to forecast with it (never in production), or set "
+            "bundle_path"
+        )
+    return DEFAULT_BUNDLE, ""
+
+
+def _trusted_keys(settings: AgentSettings) -> list[Path]:
     keys: list[Path] = list(settings.trusted_keys)
     if settings.trust_dev_key:
         keys.append(DEV_PUBLIC_KEY)
-    path = settings.bundle_path
+    return keys
+
+
+def describe_plan(settings: AgentSettings) -> tuple[list[str], list[str]]:
+    """What an agent with `settings` will do, one line each, and warnings: `--check` prints
+    them. Verifies the bundle as the agent would (raises BundleError where it would exit 2)."""
+    forecast = settings.forecast
+    plan = [
+        f"subscribe to {settings.topics.sensors}/+/+ on {settings.broker.url} and store readings "
+        f"in {settings.readings_db}; readings older than "
+        f"{_duration(settings.limits.payload.max_age_s)} are rejected "
+        "(limits.payload.max_age_s)"
+    ]
+    warnings = []
+    path, why_not = _bundle_choice(settings)
     if path is None:
-        if not (DEFAULT_BUNDLE / MANIFEST_FILE).exists():
-            log.warning("no bundle available (bundle_path unset): ingesting only, no forecasts")
-            return None
-        if not settings.trust_dev_key:
-            log.warning(
-                "the default bundle %s is signed with the development key: set "
-                "trust_dev_key: true to forecast with it (never in production), or set "
-                "bundle_path; ingesting only, no forecasts",
-                DEFAULT_BUNDLE,
-            )
-            return None
-        path = DEFAULT_BUNDLE
-    bundle = load_bundle(path, keys, settings.threads)
+        plan.append(f"ingest only, forecast nothing: {why_not}")
+        if settings.updates.group is None:
+            warnings.append(f"nothing will be forecast: {why_not}")
+    else:
+        manifest = load_bundle(path, _trusted_keys(settings), 1).manifest
+        plan.append(
+            f"forecast every {forecast.cadence_s:g} s with {path}: {manifest.name} version "
+            f"{manifest.model_version}, {manifest.quantization}, context "
+            f"{manifest.context_length}, horizons {'/'.join(map(str, manifest.horizons))} "
+            "(signature verified)"
+        )
+        stale = (
+            "16 intervals (at least 600 s)"
+            if forecast.stale_after_s == "auto"
+            else f"{forecast.stale_after_s:g} s"
+        )
+        plan.append(
+            f"publish to {settings.topics.forecasts}/<device>/<sensor> ({forecast.payload} "
+            f"payloads, {forecast.publish.replace('_', ' ')}, retained {forecast.expiry_s} s); "
+            f"skip streams nothing arrived for in {stale}"
+        )
+    if settings.updates.group is not None:
+        plan.append(
+            f"install fleet updates for group {settings.updates.group!r} from "
+            f"{settings.topics.fleet}/{settings.updates.group}/bundle; a committed one is "
+            "forecast with from then on"
+        )
+    for rule in settings.streams:
+        plan.append(f"streams matching {rule.pattern!r}: {_describe_rule(rule)}")
+    if not any(rule.pattern == "*" for rule in settings.streams):
+        plan.append("streams matching no rule: interval detected, the bundle's context")
+    return plan, warnings
+
+
+def _describe_rule(rule: StreamRule) -> str:
+    parts = [
+        "interval detected" if rule.interval_s == "auto" else f"interval {rule.interval_s:g} s"
+    ]
+    if rule.context_points:
+        parts.append(f"{rule.context_points} points of context")
+    if rule.min is not None or rule.max is not None:
+        low = "-inf" if rule.min is None else f"{rule.min:g}"
+        high = "inf" if rule.max is None else f"{rule.max:g}"
+        parts.append(f"forecasts clipped to [{low}, {high}]")
+    for alert in rule.alerts:
+        side, threshold = (
+            ("above", alert.above) if alert.above is not None else ("below", alert.below)
+        )
+        parts.append(
+            f"alert {alert.name!r} when P({side} {threshold:g} within {alert.within_steps} "
+            f"steps) >= {alert.probability:g}"
+        )
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
+
+
+def _forecaster_or_none(settings: AgentSettings) -> Forecaster | None:
+    """The forecaster of the configured or default bundle; None to run without forecasts.
+    Raises BundleError for a bundle that fails verification."""
+    path, why_not = _bundle_choice(settings)
+    if path is None:
+        log.warning("%s: ingesting only, no forecasts", why_not)
+        return None
+    bundle = load_bundle(path, _trusted_keys(settings), settings.threads)
     manifest = bundle.manifest
     log.info(
         "bundle %s loaded: %s version %d, %s",

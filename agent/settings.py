@@ -10,6 +10,7 @@ it rather than a setting silently left at its default.
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -211,6 +212,10 @@ class StreamRule(_Section):
     interval_s: float | Literal["auto"] = "auto"  # the grid step; "auto": detected
     context_points: int | None = Field(default=None, gt=0)  # None: the bundle's context length
     alerts: list[AlertRule] = []  # rules evaluated on each forecast of a matching stream
+    # The sensor's physical lower bound (e.g. 0 for a level or a vibration amplitude): the
+    # medians and quantiles of its forecasts are clipped to it. None: unbounded.
+    min: float | None = None
+    max: float | None = None  # the upper bound, likewise (e.g. 100 for a percentage)
 
     @field_validator("interval_s", mode="before")
     @classmethod
@@ -237,6 +242,12 @@ class StreamRule(_Section):
             raise ValueError(f"alert rule names must be unique within a pattern: {names}")
         return alerts
 
+    @model_validator(mode="after")
+    def _bounds(self) -> StreamRule:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
     def matches(self, stream: StreamId) -> bool:
         return fnmatchcase(str(stream), self.pattern)
 
@@ -248,12 +259,19 @@ class ForecastSettings(_Section):
     # Observed (non-empty) grid bins a stream needs before it is forecast: fewer say too
     # little for the model's per-series scaling to mean anything.
     min_observed_bins: int = Field(default=8, gt=0)
-    # A stream whose newest reading (event time) is older than this at a tick is not forecast
-    # (counted as skipped "stale"), so its retained forecast expires rather than being renewed
-    # with steps in the past. "auto": 16 of the stream's intervals, at least 600 s (see
-    # moecast.agent.forecast.tick); a fixed time would silence daily streams or keep 1 s ones
-    # too long.
+    # A stream no reading has *arrived* for in this long (agent clock, not the readings' own
+    # timestamps, so replayed history counts as fresh) is not forecast: counted and logged as
+    # "stale", its retained forecast expires. "auto": 16 of the stream's intervals, at least
+    # 600 s (see moecast.agent.forecast.tick); a fixed time would silence daily streams or keep
+    # 1 s ones too long.
     stale_after_s: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    # "on_change": publish a stream's forecast when its origin (grid_end) or the model changed,
+    # or when the retained one is half way to expiry_s; "every_tick": at every tick.
+    publish: Literal["on_change", "every_tick"] = "on_change"
+    # "full": every quantile level, 6 significant digits, step timestamps. "compact" (for
+    # constrained links): the median and the 80 % interval (0.1 and 0.9), 4 significant
+    # digits, no step timestamps (step i lies at grid_end + i * interval_s).
+    payload: Literal["full", "compact"] = "full"
 
 
 class IngestSettings(_Section):
@@ -481,6 +499,9 @@ def describe_settings_error(error: Exception) -> list[str]:
             secret = any("password" in str(part) for part in problem["loc"])
             if problem["type"] == "extra_forbidden":
                 message = "unknown setting"
+                closest = closest_setting(problem["loc"])
+                if closest is not None:
+                    message += f"; did you mean {closest!r}?"
             elif isinstance(shown, str | int | float) and not secret and repr(shown) not in message:
                 message += f" (got {shown!r})"
             line = f"{path}: {message}" if path else message
@@ -489,6 +510,39 @@ def describe_settings_error(error: Exception) -> list[str]:
         return lines
     # SettingsError: an environment variable that is not valid JSON for a list or mapping.
     return [redact_urls(str(error))]
+
+
+def closest_setting(loc: tuple[int | str, ...]) -> str | None:
+    """The known setting nearest in spelling to the unknown one at `loc` (its last part), among
+    the fields of the section that holds it; None when nothing is close."""
+    fields = _fields_of_section(loc[:-1])
+    if fields is None or not loc or not isinstance(loc[-1], str):
+        return None
+    found = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _fields_of_section(loc: tuple[int | str, ...]) -> list[str] | None:
+    model: type[BaseModel] | None = AgentSettings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is the list's
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return None if model is None else list(model.model_fields)
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The settings model an annotation holds: itself, a list's items, an optional's value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

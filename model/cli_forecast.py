@@ -1,14 +1,18 @@
-"""`moecast forecast`: forecast one column of a CSV file and print (or save) the quantiles."""
+"""`moecast forecast`: forecast one column of a CSV file and print (or save, or plot) the
+quantiles. The time axis is found by `moecast.csvtime` (or named with `--time-column`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from moecast.model.forecast import Forecast, Forecaster
+
+from moecast.csvtime import TimeColumnError, find_time_axis, read_csv_columns
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "edge"
 
@@ -24,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--horizon", type=int, default=96, help="steps ahead (default 96)")
     parser.add_argument(
-        "--time-column", help="timestamp column (default: the first column, if it holds dates)"
+        "--time-column",
+        help="timestamp column (default: detected: split year/month/day[/hour] columns, a "
+        "date and a time column, or the first column of dates; never a row number)",
     )
     parser.add_argument(
         "--holdout",
@@ -34,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, help="write the forecast to this CSV file")
     parser.add_argument("--rows", type=int, default=12, help="forecast rows to print")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="draw the recent history, the median and the 80%% interval to this PNG "
+        "(needs matplotlib: the 'demo' extra)",
+    )
 
 
 def _fail(message: str) -> int:
@@ -41,14 +53,14 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _timestamps(frame: pd.DataFrame, column: str | None) -> pd.Series | None:
-    candidate = column or frame.columns[0]
-    if candidate not in frame.columns:
-        raise KeyError(candidate)
-    parsed = pd.to_datetime(frame[candidate], errors="coerce", format="mixed")
-    if column is None and parsed.notna().mean() < 0.9:
-        return None  # the first column is not a time axis
-    return parsed
+def _timestamps(columns: dict[str, list[str]], name: str | None) -> tuple[pd.Series | None, str]:
+    """Each row's time (NaT where it did not parse) and how it was found. Raises
+    TimeColumnError for a named column that is missing or holds no times."""
+    axis = find_time_axis(columns, name)
+    if axis is None:
+        return None, "no time column found: steps are numbered (name one with --time-column)"
+    times = pd.Series(pd.to_datetime(axis.ts, unit="s", errors="coerce"))
+    return times, f"time from {axis.describe()}"
 
 
 def _future_index(times: pd.Series | None, horizon: int) -> pd.Index:
@@ -72,17 +84,19 @@ def _table(forecast: Forecast, index: pd.Index, actual: np.ndarray | None) -> pd
 def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.exists():
         return _fail(f"no checkpoint at {args.checkpoint}; pass --checkpoint DIR")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        return _fail("--plot needs matplotlib, in the 'demo' extra: pip install 'moecast[demo]'")
     try:
-        frame = pd.read_csv(args.csv)
+        columns = read_csv_columns(args.csv)
     except (OSError, ValueError) as err:
-        return _fail(f"cannot read {args.csv}: {err}")
-    if args.column not in frame.columns:
-        return _fail(f"{args.csv} has no column {args.column!r}; columns: {list(frame.columns)}")
+        return _fail(f"cannot read {args.csv}: {getattr(err, 'strerror', None) or err}")
+    if args.column not in columns:
+        return _fail(f"{args.csv} has no column {args.column!r}; columns: {list(columns)}")
     try:
-        times = _timestamps(frame, args.time_column)
-    except KeyError:
-        return _fail(f"{args.csv} has no time column {args.time_column!r}")
-    values = pd.to_numeric(frame[args.column], errors="coerce").to_numpy(
+        times, time_source = _timestamps(columns, args.time_column)
+    except TimeColumnError as err:
+        return _fail(f"{args.csv}: --time-column: {err}")
+    values = pd.to_numeric(pd.Series(columns[args.column]), errors="coerce").to_numpy(
         dtype=np.float64, copy=True
     )
     values[~np.isfinite(values)] = np.nan
@@ -108,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     context = min(np.isfinite(values).sum(), forecaster.config.context_length)
     print(
         f"{args.csv.name}:{args.column}  {horizon} steps ahead from {context} points of context "
-        f"({forecaster.config.name} model, heads {'+'.join(map(str, forecast.steps))})"
+        f"({forecaster.config.name} model, heads {'+'.join(map(str, forecast.steps))}); "
+        f"{time_source}"
     )
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.head(args.rows).round(4).to_string())
@@ -128,4 +143,38 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         table.to_csv(args.out)
         print(f"wrote {args.out}")
+    if args.plot:
+        _plot(args.plot, f"{args.csv.name}: {args.column}", values, times, table, horizon)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _plot(
+    path: Path,
+    title: str,
+    history: np.ndarray,
+    times: pd.Series | None,
+    table: pd.DataFrame,
+    horizon: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    shown = min(history.size, 3 * horizon)
+    past: pd.Index | np.ndarray = np.arange(-shown + 1, 1)
+    if isinstance(table.index, pd.DatetimeIndex) and times is not None:
+        past = pd.DatetimeIndex(times.iloc[-shown:])
+    figure, axes = plt.subplots(figsize=(10, 4))
+    axes.plot(past, history[-shown:], color="black", linewidth=1, label="history")
+    axes.fill_between(table.index, table["q10"], table["q90"], alpha=0.3, label="80% interval")
+    axes.plot(table.index, table["q50"], label="median")
+    if "actual" in table:
+        axes.plot(table.index, table["actual"], color="grey", linewidth=1, label="held out")
+    axes.set_title(title)
+    axes.legend(loc="upper left")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -42,6 +42,11 @@ COMMANDS: tuple[Command, ...] = (
         "demo", "a simulated site, a broker and the agent: see it work", "moecast.agent.demo.cli"
     ),
     Command(
+        "replay",
+        "publish a CSV file's columns as sensor streams: load history, or replay it",
+        "moecast.agent.replay",
+    ),
+    Command(
         "export", "export a checkpoint as a signed edge bundle", "moecast.quantization.cli_export"
     ),
     Command(

@@ -102,3 +102,56 @@ def test_forecast_errors_are_one_clear_line(hourly_csv, nano_checkpoint, capsys,
     assert code == 2
     assert err.startswith("error:")
     assert re.search(message, err)
+
+
+def test_forecast_reads_split_date_columns_not_the_row_number(nano_checkpoint, tmp_path, capsys):
+    """The Beijing PM2.5 layout: `No` is an integer row number; the time is in four columns."""
+    t = pd.date_range("2014-01-01", periods=200, freq="h")
+    frame = pd.DataFrame(
+        {
+            "No": np.arange(1, 201),
+            "year": t.year,
+            "month": t.month,
+            "day": t.day,
+            "hour": t.hour,
+            "TEMP": 5 + np.sin(np.arange(200) / 4),
+        }
+    )
+    path = tmp_path / "beijing.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "forecast.csv"
+    argv = ["forecast", "--csv", str(path), "--column", "TEMP", "--horizon", "8"]
+    assert main([*argv, "--checkpoint", str(nano_checkpoint), "--out", str(out)]) == 0
+    assert "time from year+month+day+hour" in capsys.readouterr().out
+    table = pd.read_csv(out, parse_dates=["timestamp"])
+    assert table["timestamp"].iloc[0] == pd.Timestamp("2014-01-09 08:00")
+
+
+def test_forecast_names_a_bad_time_column(hourly_csv, nano_checkpoint, capsys):
+    argv = ["forecast", "--csv", str(hourly_csv), "--column", "temp", "--time-column", "temp"]
+    assert main([*argv, "--checkpoint", str(nano_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:")
+    assert "does not hold dates" in err
+
+
+def test_forecast_plots_the_history_and_the_interval(hourly_csv, nano_checkpoint, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
+    png = tmp_path / "forecast.png"
+    argv = ["forecast", "--csv", str(hourly_csv), "--column", "temp", "--horizon", "8"]
+    assert main([*argv, "--checkpoint", str(nano_checkpoint), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forecast_plot_without_matplotlib_names_the_extra(
+    hourly_csv, nano_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name)
+    )
+    argv = ["forecast", "--csv", str(hourly_csv), "--column", "temp", "--plot", "x.png"]
+    assert main([*argv, "--checkpoint", str(nano_checkpoint)]) == 2
+    assert "moecast[demo]" in capsys.readouterr().err

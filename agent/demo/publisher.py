@@ -23,8 +23,9 @@ class SiteClock:
     """Site time is `epoch + t`, `t` seconds since the live part began (negative: history).
 
     Before `start`, t is 0; after, it runs `speed` times faster than the wall clock, up to
-    `live_s`. The agent's forecasting ticks read this clock too, so that forecasts, alerts and
-    staleness are all in site time.
+    `live_s`. The agent's forecasting ticks read this clock too, so that forecasts and alerts
+    are in site time (staleness is judged on when readings arrive, on the agent's own clock:
+    in the demo no stream goes stale).
     """
 
     def __init__(self, epoch: float, speed: float, live_s: float) -> None:

@@ -10,6 +10,10 @@ label (end) of the last bin of the stream's grid. Values are rounded to 6 signif
 (a forecast of float32 noise stays compact) and written by orjson, numpy arrays as they are.
 The quality checks add keys (`skill`, `calibration`, optionally `raw_quantiles`): see
 `moecast.agent.forecast.quality`.
+
+`forecast.payload: compact` (constrained links) keeps the same keys minus each horizon's `ts`,
+with only the levels nearest 0.1 and 0.9 (the 80 % interval) and 4 significant digits:
+about a third of the bytes of a full payload of nine levels.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from moecast.agent.forecast.tick import GridRow
 
 SIGNIFICANT_DIGITS = 6
+COMPACT_DIGITS = 4
+COMPACT_LEVELS = (0.1, 0.9)
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -51,12 +57,21 @@ class PayloadEncoder:
     """The JSON bytes of forecast payloads, for many streams at once: the rounding and the
     median are computed for the whole block with numpy, orjson writes each payload."""
 
-    def __init__(self, horizons: Sequence[int], levels: Sequence[float]) -> None:
+    def __init__(
+        self, horizons: Sequence[int], levels: Sequence[float], compact: bool = False
+    ) -> None:
         self._horizons = tuple(horizons)
-        self._levels = list(levels)
-        self._level_keys = [str(level) for level in levels]
         self._weights = median_weights(np.asarray(levels, dtype=np.float64))
         self._steps = {h: np.arange(1, h + 1, dtype=np.float64) for h in self._horizons}
+        self._digits = COMPACT_DIGITS if compact else SIGNIFICANT_DIGITS
+        self._with_ts = not compact
+        # Columns of the model's levels that go out: all, or those nearest COMPACT_LEVELS.
+        self._keep = list(range(len(levels)))
+        if compact:
+            nearest = {int(np.argmin(np.abs(np.subtract(levels, q)))) for q in COMPACT_LEVELS}
+            self._keep = sorted(nearest)
+        self._levels = [levels[i] for i in self._keep]
+        self._level_keys = [str(level) for level in self._levels]
 
     def encode(
         self,
@@ -71,9 +86,11 @@ class PayloadEncoder:
         medians, columns = {}, {}
         for h in self._horizons:
             q = np.asarray(quantiles[h], dtype=np.float64)
-            medians[h] = round_significant(q @ self._weights)
+            medians[h] = round_significant(q @ self._weights, self._digits)
+            if len(self._keep) < q.shape[-1]:
+                q = q[..., self._keep]
             # [rows, levels, steps], C-contiguous: each level of a row is one array to orjson.
-            columns[h] = np.ascontiguousarray(round_significant(q).transpose(0, 2, 1))
+            columns[h] = np.ascontiguousarray(round_significant(q, self._digits).transpose(0, 2, 1))
         issued_at = round(now, 3)
         payloads = []
         for i, row in enumerate(rows):
@@ -85,6 +102,9 @@ class PayloadEncoder:
                 }
                 for h in self._horizons
             }
+            if not self._with_ts:
+                for steps in horizons.values():
+                    del steps["ts"]
             payload = {
                 "stream": str(row.stream),
                 "model_version": model_version,

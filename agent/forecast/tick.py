@@ -3,18 +3,27 @@ streams, publish a forecast per stream (payload: `moecast.agent.forecast.encodin
 or clear its alerts. The tick returns what it did (`TickOutcome`).
 
 A stream is due when it has an interval (configured or detected), enough observed bins
-(`forecast.min_observed_bins`) and is not stale: its newest reading is at most
-`forecast.stale_after_s` older than the tick ("auto": STALE_INTERVALS of its intervals, at
-least STALE_MIN_S). A stale stream gets no new forecast, so its retained one expires
-(`forecast.expiry_s`) instead of being renewed with steps that all lie in the past. Skipped
-streams are counted per reason: "no_interval", "stale", "too_few_points",
-"non_finite_forecast".
+(`forecast.min_observed_bins`) and is not stale: readings arrived for it at most
+`forecast.stale_after_s` before the tick ("auto": STALE_INTERVALS of its intervals, at least
+STALE_MIN_S). Arrival, on the agent's clock, and not the readings' event time: history
+replayed or backfilled with its real timestamps is forecast from its last reading. A stream
+nothing arrives for gets no new forecast, so its retained one expires (`forecast.expiry_s`).
+Skipped streams are counted per reason: "no_interval", "stale", "too_few_points",
+"non_finite_forecast", "unchanged" (`forecast.publish: on_change`: the origin and the model are
+those of the forecast already published); each stream's reason is logged once, with the
+setting that governs it, until the stream is forecast again. For `updates.trial_ticks` ticks
+after `use_bundle`, unchanged streams still go through the model, unpublished: a model on
+trial is judged on what its ticks compute (agent.updates.active), whether or not new readings
+came in.
+
+A stream rule's `min`/`max` clip the forecast's quantiles (and so its median and alerts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +38,7 @@ from moecast.agent.forecast.outcome import TickOutcome
 from moecast.agent.forecast.quality import QualityMonitor
 from moecast.agent.ingest.readings import StreamId
 from moecast.agent.runtime import TickContext
-from moecast.agent.settings import AgentSettings
+from moecast.agent.settings import AgentSettings, StreamRule
 
 from moecast.bundle.format import Bundle, output_name
 
@@ -58,6 +67,9 @@ class GridRow:
     grid_end: float
     values: np.ndarray  # float32 grid, at most context_length long; the batch pads it with NaN
     alerts: list[AlertRule]
+    low: float = -np.inf  # the stream rule's bounds, clipping its forecast
+    high: float = np.inf
+    publish: bool = True  # False: run for a model on trial only, the forecast is unchanged
 
 
 class _Model:
@@ -66,14 +78,14 @@ class _Model:
 
     __slots__ = ("bundle", "context_length", "encoder", "horizons", "levels", "version")
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, compact: bool = False) -> None:
         manifest = bundle.manifest
         self.bundle = bundle
         self.version = manifest.model_version
         self.context_length = manifest.context_length
         self.horizons = tuple(manifest.horizons)
         self.levels = np.asarray(manifest.quantiles, dtype=np.float64)
-        self.encoder = PayloadEncoder(self.horizons, manifest.quantiles)
+        self.encoder = PayloadEncoder(self.horizons, manifest.quantiles, compact)
 
 
 class Forecaster:
@@ -86,11 +98,15 @@ class Forecaster:
 
     def __init__(self, bundle: Bundle, settings: AgentSettings) -> None:
         self.settings = settings
-        self._model = _Model(bundle)
+        self._model = _Model(bundle, settings.forecast.payload == "compact")
         self._detected_intervals: dict[StreamId, float] = {}
         self.alerts = AlertTracker()
         # Live skill, calibrated quantiles, anomalies, Home Assistant (forecast.quality).
         self.quality = QualityMonitor(settings, self._stale_after)
+        # Per stream: (grid_end, model version, when) of the forecast last published.
+        self._published: dict[StreamId, tuple[float, int, float]] = {}
+        self._skip_logged: dict[StreamId, str] = {}  # the reason last logged, until forecast
+        self._ticks_since_swap = settings.updates.trial_ticks  # the first bundle is no trial
 
     @property
     def bundle(self) -> Bundle:
@@ -109,7 +125,8 @@ class Forecaster:
         the bundle it started with. Detected intervals and alert states carry over: they
         belong to the streams, not to the model. The caller reports the new version on the
         status topic (`MqttLink.set_model_version`)."""
-        self._model = _Model(bundle)
+        self._model = _Model(bundle, self.settings.forecast.payload == "compact")
+        self._ticks_since_swap = 0
 
     def __call__(self, context: TickContext) -> TickOutcome:
         started = time.perf_counter()
@@ -137,12 +154,19 @@ class Forecaster:
                 for h in model.horizons
             }
             ordered = self.quality.calibrate(chunk, ordered)
+            if any(row.low > -np.inf or row.high < np.inf for row in chunk):
+                # After calibration, so the bounds hold for what is published. Clipping keeps
+                # quantiles sorted; NaN stays NaN for the check below.
+                low = np.array([row.low for row in chunk])[:, None, None]
+                high = np.array([row.high for row in chunk])[:, None, None]
+                ordered = {h: np.clip(q, low, high) for h, q in ordered.items()}
             finite = np.logical_and.reduce(
                 [np.isfinite(q).all(axis=(1, 2)) for q in ordered.values()]
             )
             skipped["non_finite_forecast"] += int(np.count_nonzero(~finite))
+            skipped["unchanged"] += sum(not row.publish for row in chunk)
             longest = ordered[max(model.horizons)]
-            good = np.flatnonzero(finite)
+            good = np.flatnonzero(finite & np.array([row.publish for row in chunk]))
             shown = [chunk[i] for i in good]
             issued = {h: q[good] for h, q in ordered.items()}
             extras = self.quality.issued(shown, issued, good, context.now)
@@ -156,10 +180,14 @@ class Forecaster:
                     expiry_s=self.settings.forecast.expiry_s,
                 )
                 self._alert(context, row, longest[i], model.levels)
+                self._published[row.stream] = (row.grid_end, model.version, context.now)
+                self._skip_logged.pop(row.stream, None)
             forecast += len(shown)
         outcome.forecast = forecast
         self.quality.finish(context)
         outcome.skipped = skipped = +skipped  # drop reasons counted zero times
+        if outcome.runs:
+            self._ticks_since_swap += 1  # as a trial counts them: ticks that ran the model
         context.metrics.observe_forecast_tick(
             time.perf_counter() - started, inference_s, forecast, skipped
         )
@@ -170,26 +198,64 @@ class Forecaster:
     def _due_rows(
         self, context: TickContext, context_length: int, skipped: Counter[str]
     ) -> Iterator[GridRow]:
-        min_observed = self.settings.forecast.min_observed_bins
-        for stream in context.registry.streams():
+        settings = self.settings.forecast
+        on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
+        streams = context.registry.streams()
+        for stream in streams:
             snapshot = context.registry.snapshot(stream)
-            if snapshot is None or snapshot[0].size == 0:
+            arrival = context.registry.last_arrival(stream)
+            if snapshot is None or snapshot[0].size == 0 or arrival is None:
                 continue
             ts, values = snapshot
             rule = self.settings.rule_for(stream)
             interval = self._interval(stream, ts, rule.interval_s if rule else "auto")
             if interval is None:
-                skipped["no_interval"] += 1
+                self._skip(stream, skipped, "no_interval", "")
                 continue
-            if context.now - ts[-1] > self._stale_after(interval):
-                skipped["stale"] += 1
+            silent_s, stale_after = context.now - arrival, self._stale_after(interval)
+            if silent_s > stale_after:
+                self._skip(stream, skipped, "stale", f"{silent_s:.0f} s > {stale_after:.0f} s")
+                continue
+            grid_end = math.ceil(ts[-1] / interval) * interval  # as to_grid labels it
+            unchanged = settings.publish == "on_change" and self._unchanged(
+                stream, grid_end, context.now
+            )
+            if unchanged and not on_trial:
+                skipped["unchanged"] += 1
                 continue
             wanted = rule.context_points if rule and rule.context_points else context_length
             grid_end, grid = to_grid(ts, values, interval, min(wanted, context_length))
-            if np.count_nonzero(~np.isnan(grid)) < min_observed:
-                skipped["too_few_points"] += 1
+            observed = int(np.count_nonzero(~np.isnan(grid)))
+            if observed < settings.min_observed_bins:
+                self._skip(stream, skipped, "too_few_points", f"{observed} of {grid.size} bins")
                 continue
-            yield GridRow(stream, interval, grid_end, grid, rule.alerts if rule else [])
+            low, high = _bounds(rule)
+            alerts = rule.alerts if rule else []
+            yield GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
+        if len(self._published) + len(self._skip_logged) > 2 * len(streams):
+            # Streams evicted from the registry leave their entries behind.
+            live = set(streams)
+            self._published = {s: p for s, p in self._published.items() if s in live}
+            self._skip_logged = {s: r for s, r in self._skip_logged.items() if s in live}
+
+    def _unchanged(self, stream: StreamId, grid_end: float, now: float) -> bool:
+        """Whether the forecast already published for `stream` has this origin and model and
+        is not yet half way to its expiry (after which it is renewed, so that the retained
+        forecast of a slow stream does not expire between two of its readings)."""
+        published = self._published.get(stream)
+        if published is None:
+            return False
+        origin, version, when = published
+        fresh = now - when < self.settings.forecast.expiry_s / 2
+        return origin == grid_end and version == self._model.version and fresh
+
+    def _skip(self, stream: StreamId, skipped: Counter[str], reason: str, detail: str) -> None:
+        """Count a skip; log it when the stream's reason changed, naming what governs it."""
+        skipped[reason] += 1
+        if self._skip_logged.get(stream) == reason:
+            return
+        self._skip_logged[stream] = reason
+        log.info("stream %s not forecast: %s", stream, _SKIP_REASONS[reason].format(detail))
 
     def _stale_after(self, interval_s: float) -> float:
         configured = self.settings.forecast.stale_after_s
@@ -223,6 +289,24 @@ class Forecaster:
             context.link.publish(
                 row.stream.topic(self.settings.topics.alerts), json.dumps(event.payload()), 1
             )
+
+
+_SKIP_REASONS = {
+    "no_interval": "too few distinct timestamps to detect its interval; set interval_s in a "
+    "`streams` rule to forecast it sooner",
+    "stale": "no reading arrived for it in a while ({}; forecast.stale_after_s); its retained "
+    "forecast expires, and forecasting resumes when readings arrive",
+    "too_few_points": "too few observed bins ({}; forecast.min_observed_bins, or interval_s and "
+    "context_points in a `streams` rule)",
+}
+
+
+def _bounds(rule: StreamRule | None) -> tuple[float, float]:
+    if rule is None:
+        return -np.inf, np.inf
+    low = -np.inf if rule.min is None else rule.min
+    high = np.inf if rule.max is None else rule.max
+    return low, high
 
 
 def _chunks(rows: list[GridRow], size: int) -> Iterator[list[GridRow]]:

@@ -208,6 +208,14 @@ class StreamRegistry:
             buffer = self._buffers.get(stream)
             return None if buffer is None else buffer.arrays()
 
+    def last_arrival(self, stream: StreamId) -> float | None:
+        """When `stream`'s newest readings arrived (agent clock; -inf when restored without a
+        known arrival), or None for an unknown stream. Staleness is judged on this, not on
+        event time: a stream that just received a month of history is live."""
+        with self._lock:
+            buffer = self._buffers.get(stream)
+            return None if buffer is None else buffer.last_arrival
+
     def restore(
         self,
         history: Iterable[tuple[StreamId, np.ndarray, np.ndarray]],

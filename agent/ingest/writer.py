@@ -35,6 +35,7 @@ from typing import Protocol
 from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
 from moecast.agent.ingest.payloads import PayloadLimits, parse_payload
 from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
+from moecast.agent.ingest.rejections import Rejection
 from moecast.agent.ingest.sequence import SequenceTracker
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
@@ -234,7 +235,9 @@ class IngestWorker:
         for reason, count in result.rejected.items():
             rejected[reason] += count
             self._bad_input.warning(
-                reason, "rejected %d reading(s) on %s: %s", count, stream, reason
+                reason,
+                "%s",
+                Rejection(reason, count, stream, self._limits, self._settings.log_interval_s),
             )
         seqs = result.seqs_by_stream(stream) if result.seqs else {}
         for target, readings in result.by_stream(stream).items():

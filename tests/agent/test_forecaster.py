@@ -396,32 +396,38 @@ def test_payloads_hold_the_rounded_values_the_contract_states(levels: list[float
 # Staleness.
 
 
-def test_streams_silent_too_long_are_skipped_as_stale(
-    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+def test_streams_nothing_arrived_for_are_skipped_as_stale_and_logged_once(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = StreamRegistry()
-    registry.insert(StreamId("a", "fresh"), regular(100))  # newest: one interval ago
+    registry.insert(StreamId("a", "fresh"), regular(100), arrival_ts=NOW - 60)
     silent_s = STALE_INTERVALS * 60.0 + 10  # past "auto" for a 60 s stream (16 intervals)
-    registry.insert(StreamId("a", "silent"), [Reading(t - silent_s, v) for t, v in regular(100)])
+    registry.insert(StreamId("a", "silent"), regular(100), arrival_ts=NOW - silent_s)
     # A 1 s stream silent for 5 minutes: 300 intervals, but within the auto floor of 600 s.
     fast = [Reading(NOW - 300 - 100 + i, 1.0 * i) for i in range(100)]
-    registry.insert(StreamId("a", "fast"), fast)
+    registry.insert(StreamId("a", "fast"), fast, arrival_ts=NOW - 300)
     assert STALE_INTERVALS * 60.0 > STALE_MIN_S > 300
 
     fc = Forecaster(bundle, settings_with(tmp_path))
-    link, metrics = tick(fc, registry)
+    with caplog.at_level(logging.INFO, logger=forecaster.__name__):
+        link, metrics = tick(fc, registry)
+        tick(fc, registry, NOW + 1)
     assert sorted(m["topic"] for m in link.on("forecasts/")) == [
         "forecasts/a/fast",
         "forecasts/a/fresh",
     ]
     assert metrics.snapshot()["forecast_skipped"] == {"stale": 1}
     assert [batch.shape[0] for batch in runs] == [2]
+    # Logged once, naming the setting, however many ticks it stays silent.
+    stale_lines = [r.getMessage() for r in caplog.records if "a/silent" in r.getMessage()]
+    assert len(stale_lines) == 1
+    assert "forecast.stale_after_s" in stale_lines[0]
 
-    # The stream is forecast again as soon as it reports again.
-    registry.insert(StreamId("a", "silent"), [Reading(NOW - 30, 20.0)])
-    link, metrics = tick(fc, registry)
-    assert len(link.on("forecasts/")) == 3
-    assert metrics.snapshot()["forecast_skipped"] == {}
+    # The stream is forecast again as soon as readings arrive, whatever their event time.
+    registry.insert(StreamId("a", "silent"), [Reading(NOW - 30, 20.0)], arrival_ts=NOW)
+    link, metrics = tick(fc, registry, NOW + 2)
+    assert [m["topic"] for m in link.on("forecasts/")] == ["forecasts/a/silent"]
+    assert metrics.snapshot()["forecast_skipped"] == {"unchanged": 2}
 
     # A configured cutoff applies to every stream, whatever its interval.
     strict = Forecaster(bundle, settings_with(tmp_path, forecast={"stale_after_s": 120}))
@@ -430,7 +436,116 @@ def test_streams_silent_too_long_are_skipped_as_stale(
         "forecasts/a/fresh",
         "forecasts/a/silent",
     ]
-    assert metrics.snapshot()["forecast_skipped"] == {"stale": 1}  # the fast one, 301 s ago
+    assert metrics.snapshot()["forecast_skipped"] == {"stale": 1}  # the fast one, 300 s ago
+
+
+def test_replayed_history_is_forecast_from_its_last_reading(bundle: Bundle, tmp_path: Path) -> None:
+    """A month of hourly readings stamped weeks ago, arriving now: judged by arrival, the
+    stream is live, and its forecast starts after its last reading."""
+    registry = StreamRegistry()
+    month_ago = NOW - 60 * 86_400
+    history = [Reading(month_ago + 3600.0 * i, 20 + np.sin(i / 4)) for i in range(24 * 30)]
+    registry.insert(StreamId("hall", "temp"), history, arrival_ts=NOW - 5)
+    link, metrics = tick(Forecaster(bundle, settings_with(tmp_path)), registry)
+    [forecast] = link.on("forecasts/hall/temp")
+    assert forecast["payload"]["grid_end"] == history[-1].ts
+    assert forecast["payload"]["interval_s"] == 3600.0
+    assert metrics.snapshot()["forecast_skipped"] == {}
+
+
+def test_an_unchanged_stream_is_not_republished(bundle: Bundle, tmp_path: Path) -> None:
+    registry = StreamRegistry()
+    stream = StreamId("boiler", "temp")
+    registry.insert(stream, regular(100), arrival_ts=NOW)
+    fc = Forecaster(bundle, settings_with(tmp_path))
+    assert len(tick(fc, registry)[0].on("forecasts/")) == 1
+    link, metrics = tick(fc, registry, NOW + 60)
+    assert link.published == []
+    assert metrics.snapshot()["forecast_skipped"] == {"unchanged": 1}
+    # A reading in a new bin moves the origin: published again.
+    registry.insert(stream, [Reading(NOW + 30, 21.0)], arrival_ts=NOW + 30)
+    assert len(tick(fc, registry, NOW + 60)[0].on("forecasts/")) == 1
+    # Half way to its expiry the retained forecast is renewed, origin unchanged or not.
+    assert len(tick(fc, registry, NOW + 60 + 450)[0].on("forecasts/")) == 1
+    # "every_tick" restores the old behaviour.
+    every = Forecaster(bundle, settings_with(tmp_path, forecast={"publish": "every_tick"}))
+    assert [len(tick(every, registry, NOW + 60 + i)[0].published) for i in range(2)] == [1, 1]
+
+
+def test_a_model_on_trial_runs_on_unchanged_streams_without_republishing(
+    bundle: Bundle, bundle_v2: Bundle, tmp_path: Path
+) -> None:
+    """A trial counts ticks that ran the model: after a swap, unchanged streams still go
+    through it for updates.trial_ticks ticks, but only the first (new version) is published."""
+    registry = StreamRegistry()
+    registry.insert(StreamId("boiler", "temp"), regular(100), arrival_ts=NOW)
+    settings = settings_with(tmp_path, updates={"trial_ticks": 2})
+    fc = Forecaster(bundle, settings)
+    tick(fc, registry)
+    assert fc(TickContext(NOW + 1, settings, registry, RecordingLink(), AgentMetrics())).runs == 0
+    fc.use_bundle(bundle_v2)
+    outcomes, links = [], []
+    for i in range(4):
+        link = RecordingLink()
+        context = TickContext(NOW + 2 + i, settings, registry, link, AgentMetrics())
+        outcomes.append(fc(context))  # type: ignore[arg-type]
+        links.append(len(link.published))
+    assert [o.runs for o in outcomes] == [1, 1, 0, 0]
+    assert links == [1, 0, 0, 0]
+    skipped = [dict(o.skipped) for o in outcomes]
+    assert skipped == [{}, *[{"unchanged": 1}] * 3]
+
+
+def test_stream_bounds_clip_medians_and_quantiles(bundle: Bundle, tmp_path: Path) -> None:
+    registry = StreamRegistry()
+    rng = np.random.default_rng(3)
+    # A vibration amplitude near zero: an unclipped 80 % interval dips below it.
+    noisy = [Reading(t, abs(float(rng.normal(0, 1)))) for t, _ in regular(200)]
+    registry.insert(StreamId("fan", "vibration"), noisy, arrival_ts=NOW)
+    registry.insert(StreamId("fan", "rpm"), noisy, arrival_ts=NOW)
+    rules = [{"pattern": "*/vibration", "min": 0.0, "max": 1.5}]
+    link, _ = tick(Forecaster(bundle, settings_with(tmp_path, streams=rules)), registry)
+    by_topic = {m["topic"]: m["payload"] for m in link.on("forecasts/")}
+
+    def values(payload: dict[str, Any]) -> np.ndarray:
+        found = []
+        for steps in payload["horizons"].values():
+            found += steps["median"]
+            for column in steps["quantiles"].values():
+                found += column
+        return np.array(found)
+
+    unclipped = values(by_topic["forecasts/fan/rpm"])
+    assert unclipped.min() < 0 or unclipped.max() > 1.5  # the rule has something to clip
+    clipped = values(by_topic["forecasts/fan/vibration"])
+    assert clipped.min() >= 0
+    assert clipped.max() <= 1.5
+    with pytest.raises(ValueError, match="must be below max"):
+        settings_with(tmp_path, streams=[{"pattern": "*", "min": 2, "max": 1}])
+
+
+def test_compact_payloads_keep_the_median_and_the_80_percent_interval(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    registry = StreamRegistry()
+    registry.insert(StreamId("boiler", "temp"), regular(200), arrival_ts=NOW)
+    full_fc = Forecaster(bundle, settings_with(tmp_path))
+    compact_fc = Forecaster(bundle, settings_with(tmp_path, forecast={"payload": "compact"}))
+    [full] = tick(full_fc, registry)[0].on("forecasts/")
+    [compact] = tick(compact_fc, registry)[0].on("forecasts/")
+    full_p, compact_p = full["payload"], compact["payload"]
+    assert compact_p["quantile_levels"] == [0.1, 0.9]
+    assert set(compact_p) == set(full_p)
+    for h in HORIZONS:
+        steps, reference = compact_p["horizons"][str(h)], full_p["horizons"][str(h)]
+        assert set(steps) == {"median", "quantiles"}
+        assert list(steps["quantiles"]) == ["0.1", "0.9"]
+        np.testing.assert_allclose(steps["median"], reference["median"], rtol=1e-3)
+        np.testing.assert_allclose(
+            steps["quantiles"]["0.9"], reference["quantiles"]["0.9"], rtol=1e-3
+        )
+    full_bytes = len(orjson.dumps(full_p))
+    assert len(orjson.dumps(compact_p)) < full_bytes / 3
 
 
 # Swapping the model.

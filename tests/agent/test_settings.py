@@ -235,3 +235,63 @@ def test_describing_a_url_error_keeps_the_rest_of_the_url_visible() -> None:
     (line,) = describe_settings_error(caught.value)
     assert "S3cr3t" not in line
     assert "http://***@broker.example:1" in line
+
+
+# --check says what the agent will do, and a misspelt key gets the closest setting.
+
+
+def test_a_misspelt_key_suggests_the_closest_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_yaml(
+        tmp_path / "agent.yaml",
+        {
+            "forecast": {"cadense_s": 30},
+            "limits": {"payload": {"max_age": 86_400}},
+            "streams": [{"pattern": "*", "intervall_s": 60}],
+        },
+    )
+    assert main(["agent", "--check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "forecast.cadense_s: unknown setting; did you mean 'cadence_s'?" in err
+    assert "limits.payload.max_age: unknown setting; did you mean 'max_age_s'?" in err
+    assert "streams[0].intervall_s: unknown setting; did you mean 'interval_s'?" in err
+    with pytest.raises(ValidationError) as caught:
+        load_settings(None, zzz=1)
+    assert describe_settings_error(caught.value) == ["zzz: unknown setting"]
+
+
+def test_check_warns_when_nothing_will_be_forecast(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = [{"pattern": "*/level", "min": 0, "alerts": [ALERT]}]
+    config = write_yaml(tmp_path / "agent.yaml", {"streams": rules})
+    assert main(["agent", "--check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "ingest only, forecast nothing" in err
+    assert "warning: nothing will be forecast" in err
+    assert "trust_dev_key: true" in err
+    assert "streams matching '*/level': interval detected, forecasts clipped to [0, inf]" in err
+    assert "alert 'high' when P(above 3 within 4 steps) >= 0.7" in err
+    assert "limits.payload.max_age_s" in err
+
+
+def test_check_names_the_bundle_it_will_forecast_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_yaml(tmp_path / "agent.yaml", {"trust_dev_key": True})
+    assert main(["agent", "--check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "forecast every 60 s with" in err
+    assert "(signature verified)" in err
+    assert "nothing will be forecast" not in err
+    assert "full payloads, on change" in err
+    # A bundle that fails verification exits 2, as the agent would.
+    config = write_yaml(
+        tmp_path / "bad.yaml", {"bundle_path": str(tmp_path), "trust_dev_key": True}
+    )
+    assert main(["agent", "--check", "--config", str(config)]) == 2
+    assert "error: bundle rejected" in capsys.readouterr().err
+
+
+ALERT = {"name": "high", "above": 3, "within_steps": 4, "probability": 0.7}

@@ -39,7 +39,8 @@ def process(broker: Broker, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[
                 "bundle_path": str(kit.default_as(tmp_path / "v1", key, 1)),
                 "trusted_keys": [str(kit.public_pem(key, tmp_path / "trusted.pem"))],
                 "updates": {"group": kit.GROUP, "trial_ticks": 5},
-                "forecast": {"cadence_s": 0.3},
+                # Every tick, so that each model's forecasts show whatever the data does.
+                "forecast": {"cadence_s": 0.3, "publish": "every_tick"},
                 "log_level": "WARNING",
             }
         )

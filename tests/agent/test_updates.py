@@ -108,7 +108,8 @@ def run_agent(
             bundle_path=bundle,
             trusted_keys=[public],
             updates=updates_settings,
-            forecast={"cadence_s": cadence_s},
+            # Every tick, so that each model's forecasts show whatever the data does.
+            forecast={"cadence_s": cadence_s, "publish": "every_tick"},
             **overrides,
         )
         watcher = client_factory("watcher")

@@ -1,7 +1,8 @@
 """The single writer: MQTT messages -> readings -> stream buffers and SQLite -> acknowledgements.
 
 One thread owns the `ReadingStore` (its threading contract). It takes messages off the queue in
-batches, bounded by a message count, their payload bytes and a time window, and for each batch:
+batches, bounded by a message count and their payload bytes (all that is queued, in one go, off
+the agent's `Inbox`; off a plain queue, one at a time within a time window), and for each batch:
 
 1. parses topics and payloads, counting every rejection by reason;
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
@@ -153,13 +154,19 @@ class IngestWorker:
                     return
 
     def _next_batch(self) -> tuple[list[InboundMessage], Flush | None]:
+        max_messages, max_bytes = self._settings.batch_max_messages, self._settings.batch_max_bytes
+        if isinstance(self._inbox, Inbox):
+            # Everything queued, in one lock: what arrived while the last batch was written.
+            items = self._inbox.take(max_messages, max_bytes)
+            if type(items[-1]) is Flush:
+                return items[:-1], items[-1]  # type: ignore[return-value]
+            return items, None  # type: ignore[return-value]
         first = self._inbox.get()
         if isinstance(first, Flush):
             return [], first
         batch = [first]
         size = len(first.payload)
         deadline = time.monotonic() + self._settings.batch_window_s
-        max_messages, max_bytes = self._settings.batch_max_messages, self._settings.batch_max_bytes
         while len(batch) < max_messages and size < max_bytes and time.monotonic() < deadline:
             try:
                 item = self._inbox.get_nowait()

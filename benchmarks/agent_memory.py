@@ -30,8 +30,10 @@ IMPORT_STEPS = (
     "moecast.agent.settings",
     "moecast.agent.ingest.writer",  # ingest: payloads (orjson), streams, store (sqlite3)
     "paho.mqtt.client",
-    "moecast.agent.ingest.link",
+    # link imports the bundle format for fleet updates: onnxruntime and cryptography with it.
     "onnxruntime",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "moecast.agent.ingest.link",
     "moecast.agent.forecast.tick",
     "moecast.agent.updates.wiring",
     "moecast.agent.cli",
@@ -126,12 +128,12 @@ def main() -> int:
     previous = None
     for name, rss, modules in steps:
         growth = "" if previous is None else f"+{rss - previous:6.1f}"
-        print(f"  {name:<34} {rss:7.1f} {growth:>7}  ({modules} modules)")
+        print(f"  {name:<52} {rss:7.1f} {growth:>7}  ({modules} modules)")
         previous = rss
 
     total, per_package = measure_importtime("moecast.agent.cli")
     print(
-        f"\npython -X importtime -c 'import moecast.agent.cli': {total:.2f} s in all; by package:"
+        f"\npython -X importtime -c 'import moecast.agent.cli': {total:.2f} s, own time by package:"
     )
     for name, seconds in sorted(per_package.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {name:<44} {seconds:6.3f} s")

@@ -14,7 +14,8 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
+from itertools import islice
+from operator import itemgetter, lt
 
 import numpy as np
 from moecast.agent.ingest.readings import Reading, StreamId
@@ -105,7 +106,7 @@ class StreamBuffer:
             return batch
         self._watermark = max(self._watermark, min(batch[-1][0], arrival_ts))
         stamps = list(map(_event_time, batch))
-        if (not times or stamps[0] > times[-1]) and len(set(stamps)) == len(stamps):
+        if (not times or stamps[0] > times[-1]) and all(map(lt, stamps, islice(stamps, 1, None))):
             # All newer than what is held and no two alike (a batch payload in order): the
             # arrays grow in C, not a reading at a time.
             times.extend(stamps)

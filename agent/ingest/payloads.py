@@ -177,6 +177,30 @@ def parse_payload(
     return result
 
 
+def plain_reading(payload: bytes, arrival_ts: float, limits: PayloadLimits) -> Reading | None:
+    """The reading of a payload `{"ts": <float>, "value": <float>}` that `parse_payload` accepts
+    whole, without building a ParseResult; None for any other payload (parse that instead)."""
+    if payload[:1] != b"{" or len(payload) > limits.max_bytes:
+        return None
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(document) is not dict or len(document) != 2:
+        return None
+    ts = document.get("ts")
+    value = document.get("value")
+    if (
+        type(ts) is float
+        and type(value) is float
+        and arrival_ts - limits.max_age_s <= ts <= arrival_ts + limits.max_future_s
+        and ts <= MILLISECONDS_ABOVE
+        and -limits.max_abs_value <= value <= limits.max_abs_value
+    ):
+        return _reading((ts, value))
+    return None
+
+
 # The common shapes, `{"ts": <float>, "value": <float>}` alone or in a list, every one of them
 # acceptable, take these shortcuts; anything else (ints, strings, a seq, SenML, one bad reading)
 # returns False untouched and goes through `_Records`, which gives the same readings.

@@ -4,7 +4,8 @@ One thread owns the `ReadingStore` (its threading contract). It takes messages o
 batches, bounded by a message count and their payload bytes (all that is queued, in one go, off
 the agent's `Inbox`; off a plain queue, one at a time within a time window), and for each batch:
 
-1. parses topics and payloads, counting every rejection by reason;
+1. parses topics and payloads, counting every rejection by reason (a plain
+   `{"ts": ..., "value": ...}` takes a shortcut to the same reading);
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
    limits (evicting idle streams when a new one needs a slot), and collects exactly what it
    kept;
@@ -35,7 +36,7 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
-from moecast.agent.ingest.payloads import PayloadLimits, parse_payload
+from moecast.agent.ingest.payloads import PayloadLimits, parse_payload, plain_reading
 from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
 from moecast.agent.ingest.sequence import SequenceTracker
 from moecast.agent.ingest.store import ReadingStore
@@ -245,6 +246,10 @@ class IngestWorker:
                 message.oversized,
                 stream,
             )
+            return
+        reading = plain_reading(message.payload, message.arrival_ts, self._limits)
+        if reading is not None:  # the common case, the same reading parse_payload would give
+            self._take(stream, [reading], message.arrival_ts, None, taken)
             return
         result = parse_payload(message.payload, message.arrival_ts, self._limits)
         if result.rejected:

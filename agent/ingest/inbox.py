@@ -1,17 +1,20 @@
 """What passes from the network thread to the writer thread: one queue of messages, bounded in
 messages and in payload bytes, plus markers the writer answers once everything queued before
-them is stored."""
+them is stored.
+
+Both ends run once per message, so both are kept short: a message is a tuple (built and read in
+C), and the writer takes everything queued, up to its batch limits, under one lock (`take`)
+rather than a Queue.get and its notifications per message."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
+class InboundMessage(NamedTuple):
     """One PUBLISH as the network thread saw it."""
 
     topic: str | None  # None: the topic was not valid UTF-8
@@ -35,7 +38,7 @@ class Flush:
 
 
 def _size(item: InboundMessage | Flush) -> int:
-    return len(item.payload) if isinstance(item, InboundMessage) else 0
+    return len(item.payload) if type(item) is InboundMessage else 0
 
 
 class Inbox(queue.Queue[InboundMessage | Flush]):
@@ -59,29 +62,50 @@ class Inbox(queue.Queue[InboundMessage | Flush]):
         self, item: InboundMessage | Flush, block: bool = True, timeout: float | None = None
     ) -> None:
         # queue.Queue.put with the byte bound added to its condition.
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
         size = _size(item)
         with self.not_full:
-            if not block:
-                if self._no_room(size):
+            if self._no_room(size):
+                if not block:
                     raise queue.Full
-            elif timeout is None:
-                while self._no_room(size):
-                    self.not_full.wait()
-            elif timeout < 0:
-                raise ValueError("'timeout' must be a non-negative number")
-            else:
-                deadline = time.monotonic() + timeout
-                while self._no_room(size):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0.0:
-                        raise queue.Full
-                    self.not_full.wait(remaining)
-            self._put(item)
+                if timeout is None:
+                    while self._no_room(size):
+                        self.not_full.wait()
+                else:
+                    deadline = time.monotonic() + timeout
+                    while self._no_room(size):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0.0:
+                            raise queue.Full
+                        self.not_full.wait(remaining)
+            self.queue.append(item)
+            self._bytes += size
             self.unfinished_tasks += 1
             self.not_empty.notify()
 
+    def take(self, max_messages: int, max_bytes: int) -> list[InboundMessage | Flush]:
+        """Wait for an item, then take the queued ones, oldest first, while fewer than
+        `max_messages` and `max_bytes` of payload are taken (so at least one), up to and
+        including the first Flush."""
+        items: list[InboundMessage | Flush] = []
+        size = 0
+        with self.not_empty:
+            while not self.queue:
+                self.not_empty.wait()
+            pending = self.queue
+            while pending and len(items) < max_messages and size < max_bytes:
+                item = pending.popleft()
+                items.append(item)
+                if type(item) is not InboundMessage:
+                    break
+                size += len(item.payload)
+            self._bytes -= size
+            self.not_full.notify_all()
+        return items
+
     def _no_room(self, size: int) -> bool:
-        if 0 < self.maxsize <= self._qsize():
+        if 0 < self.maxsize <= len(self.queue):
             return True
         return 0 < self.max_bytes < self._bytes + size and self._bytes > 0
 

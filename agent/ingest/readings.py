@@ -9,7 +9,6 @@ into SQL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -44,24 +43,32 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class StreamId:
-    """A validated `<device>/<sensor>` pair; constructing one with an unsafe name raises."""
-
+class _StreamFields(NamedTuple):
     device: str
     sensor: str
 
-    def __post_init__(self) -> None:
-        for reason, name in (("bad_device", self.device), ("bad_sensor", self.sensor)):
+
+class StreamId(_StreamFields):
+    """A validated `<device>/<sensor>` pair; constructing one with an unsafe name raises.
+
+    A tuple underneath, so that hashing and comparing one (several dict look-ups per message on
+    the ingest path) run in C rather than in a dataclass's Python `__hash__`/`__eq__`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, device: str, sensor: str) -> StreamId:
+        for reason, name in (("bad_device", device), ("bad_sensor", sensor)):
             problem = name_problem(name)
             if problem is not None:
                 raise InvalidStream(reason, f"{name[:80]!r} {problem}")
+        return tuple.__new__(cls, (device, sensor))
 
     def __str__(self) -> str:
-        return f"{self.device}/{self.sensor}"
+        return f"{self[0]}/{self[1]}"
 
     def topic(self, prefix: str) -> str:
-        return f"{prefix}/{self.device}/{self.sensor}"
+        return f"{prefix}/{self[0]}/{self[1]}"
 
 
 def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> StreamId:

@@ -14,13 +14,15 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
+from itertools import islice
+from operator import itemgetter, lt
 
 import numpy as np
 from moecast.agent.ingest.readings import Reading, StreamId
 from pydantic import BaseModel, ConfigDict, Field
 
 _event_time = itemgetter(0)
+_value = itemgetter(1)
 
 
 class StreamLimits(BaseModel):
@@ -92,31 +94,69 @@ class StreamBuffer:
         and lateness is measured against the watermark before the call, so the order of
         readings inside a batch does not matter.
         """
-        batch = sorted(readings, key=_event_time) if len(readings) > 1 else list(readings)
         times, values = self._ts, self._values
+        if len(readings) == 1:
+            return self._insert_one(readings[0], arrival_ts)
+        batch = sorted(readings, key=_event_time)
         if times:
             too_late = bisect_left(batch, self._watermark - self._lateness_s, key=_event_time)
             if too_late:
                 batch = batch[too_late:]
-        if batch:
-            self._watermark = max(self._watermark, min(batch[-1][0], arrival_ts))
-        for ts, value in batch:
-            if not times or ts > times[-1]:
-                times.append(ts)
-                values.append(value)
-            elif ts == times[-1]:
-                values[-1] = value
-            else:
-                at = bisect_left(times, ts)
-                if times[at] == ts:
-                    values[at] = value
+        if not batch:
+            return batch
+        self._watermark = max(self._watermark, min(batch[-1][0], arrival_ts))
+        stamps = list(map(_event_time, batch))
+        if (not times or stamps[0] > times[-1]) and all(map(lt, stamps, islice(stamps, 1, None))):
+            # All newer than what is held and no two alike (a batch payload in order): the
+            # arrays grow in C, not a reading at a time.
+            times.extend(stamps)
+            values.extend(map(_value, batch))
+        else:
+            for ts, value in batch:
+                if not times or ts > times[-1]:
+                    times.append(ts)
+                    values.append(value)
+                elif ts == times[-1]:
+                    values[-1] = value
                 else:
-                    times.insert(at, ts)
-                    values.insert(at, value)
+                    at = bisect_left(times, ts)
+                    if times[at] == ts:
+                        values[at] = value
+                    else:
+                        times.insert(at, ts)
+                        values.insert(at, value)
         if len(times) > self._trim_above:
             del times[: -self._max_points]
             del values[: -self._max_points]
         return batch
+
+    def _insert_one(self, reading: Reading, arrival_ts: float) -> list[Reading]:
+        """`insert` of a single reading (one per message is the common case), same rules."""
+        ts, value = reading
+        times = self._ts
+        if times and ts < self._watermark - self._lateness_s:
+            return []
+        if ts > self._watermark and arrival_ts > self._watermark:
+            self._watermark = ts if ts < arrival_ts else arrival_ts
+        if not times or ts > times[-1]:
+            times.append(ts)
+            self._values.append(value)
+            if len(times) > self._trim_above:
+                del times[: -self._max_points]
+                del self._values[: -self._max_points]
+        elif ts == times[-1]:
+            self._values[-1] = value
+        else:
+            at = bisect_left(times, ts)
+            if times[at] == ts:
+                self._values[at] = value
+            else:
+                times.insert(at, ts)
+                self._values.insert(at, value)
+                if len(times) > self._trim_above:
+                    del times[: -self._max_points]
+                    del self._values[: -self._max_points]
+        return [reading]
 
     def restore(self, ts: np.ndarray, values: np.ndarray, last_arrival: float = math.inf) -> None:
         """Replace the contents with stored history: ascending, unique timestamps, the newest
@@ -183,14 +223,25 @@ class StreamRegistry:
         """
         if not readings:
             return []
-        arrival = time.time() if arrival_ts is None else arrival_ts
+        taken = self.admit(stream, readings, time.time() if arrival_ts is None else arrival_ts)
+        return [] if taken is None else taken
+
+    def admit(
+        self, stream: StreamId, readings: Sequence[Reading], arrival: float
+    ) -> list[Reading] | None:
+        """`insert` for the writer, once per message: None when the stream was refused (no slot),
+        which it would otherwise learn from another look-up. `readings` must not be empty."""
         with self._lock:
-            self._arrive(arrival)
-            buffer = self._buffer(stream, arrival)
+            if arrival > self._latest_arrival:
+                self._arrive(arrival)
+            buffer = self._buffers.get(stream)
             if buffer is None:
-                self.dropped["stream_limit"] += len(readings)
-                return []
-            buffer.last_arrival = max(buffer.last_arrival, arrival)
+                buffer = self._buffer(stream, arrival)
+                if buffer is None:
+                    self.dropped["stream_limit"] += len(readings)
+                    return None
+            if arrival > buffer.last_arrival:
+                buffer.last_arrival = arrival
             taken = buffer.insert(readings, arrival)
             if len(taken) < len(readings):
                 self.dropped["too_late"] += len(readings) - len(taken)

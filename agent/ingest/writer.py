@@ -1,9 +1,11 @@
 """The single writer: MQTT messages -> readings -> stream buffers and SQLite -> acknowledgements.
 
 One thread owns the `ReadingStore` (its threading contract). It takes messages off the queue in
-batches, bounded by a message count, their payload bytes and a time window, and for each batch:
+batches, bounded by a message count and their payload bytes (all that is queued, in one go, off
+the agent's `Inbox`; off a plain queue, one at a time within a time window), and for each batch:
 
-1. parses topics and payloads, counting every rejection by reason;
+1. parses topics and payloads, counting every rejection by reason (a plain
+   `{"ts": ..., "value": ...}` takes a shortcut to the same reading);
 2. inserts the readings into the `StreamRegistry`, which keeps what fits its lateness and stream
    limits (evicting idle streams when a new one needs a slot), and collects exactly what it
    kept;
@@ -30,10 +32,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol
+from operator import attrgetter
+from typing import Any, Protocol
 
 from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
-from moecast.agent.ingest.payloads import PayloadLimits, parse_payload
+from moecast.agent.ingest.payloads import PayloadLimits, parse_payload, plain_reading
 from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
 from moecast.agent.ingest.rejections import Rejection
 from moecast.agent.ingest.sequence import SequenceTracker
@@ -45,6 +48,8 @@ from moecast.agent.settings import IngestSettings
 log = logging.getLogger(__name__)
 
 _RETRY_MAX_S = 5.0
+_TOPIC_MEMORY = 8192  # parsed topics remembered
+_arrival_ts = attrgetter("arrival_ts")
 
 
 class Acknowledger(Protocol):
@@ -102,6 +107,7 @@ class IngestWorker:
         if isinstance(inbox, Inbox):
             metrics.add_gauge("queue_bytes", lambda: inbox.queued_bytes)
         self._sequences = SequenceTracker(registry.limits.lateness_s)
+        self._topics: dict[str, StreamId | tuple[str, str]] = {}
         metrics.add_section("lost_upstream", self._sequences.report)
 
     def start(self) -> None:
@@ -150,13 +156,19 @@ class IngestWorker:
                     return
 
     def _next_batch(self) -> tuple[list[InboundMessage], Flush | None]:
+        max_messages, max_bytes = self._settings.batch_max_messages, self._settings.batch_max_bytes
+        if isinstance(self._inbox, Inbox):
+            # Everything queued, in one lock: what arrived while the last batch was written.
+            items = self._inbox.take(max_messages, max_bytes)
+            if type(items[-1]) is Flush:
+                return items[:-1], items[-1]  # type: ignore[return-value]
+            return items, None  # type: ignore[return-value]
         first = self._inbox.get()
         if isinstance(first, Flush):
             return [], first
         batch = [first]
         size = len(first.payload)
         deadline = time.monotonic() + self._settings.batch_window_s
-        max_messages, max_bytes = self._settings.batch_max_messages, self._settings.batch_max_bytes
         while len(batch) < max_messages and size < max_bytes and time.monotonic() < deadline:
             try:
                 item = self._inbox.get_nowait()
@@ -170,12 +182,13 @@ class IngestWorker:
 
     def _ingest(self, batch: list[InboundMessage]) -> bool:
         """Store and acknowledge one batch; False if `stop` abandoned it unstored."""
-        kept: dict[StreamId, list[Reading]] = {}
-        arrivals: dict[StreamId, float] = {}
+        # Per stream held: [the readings the registry took, the newest arrival]; a stream whose
+        # readings all came too late still has its arrival recorded.
+        taken: dict[StreamId, list[Any]] = {}
         rejected: Counter[str] = Counter()
         for message in batch:
             try:
-                self._parse(message, kept, arrivals, rejected)
+                self._parse(message, taken, rejected)
             except Exception:
                 # Should not happen: the parsers never raise on input. But one message that
                 # crashed the writer would be redelivered at every restart, forever; count it,
@@ -187,8 +200,10 @@ class IngestWorker:
                     message.topic and message.topic[:200],
                     exc_info=True,
                 )
-        accepted = sum(len(readings) for readings in kept.values())
-        self._sequences.expire(max(message.arrival_ts for message in batch))
+        kept = {stream: entry[0] for stream, entry in taken.items() if entry[0]}
+        arrivals = {stream: entry[1] for stream, entry in taken.items()}
+        accepted = sum(map(len, kept.values()))
+        self._sequences.expire(max(map(_arrival_ts, batch)))
         evicted = self._registry.take_evicted()
         if evicted:
             self._sequences.forget(evicted)
@@ -208,19 +223,21 @@ class IngestWorker:
     def _parse(
         self,
         message: InboundMessage,
-        kept: dict[StreamId, list[Reading]],
-        arrivals: dict[StreamId, float],
+        taken: dict[StreamId, list[Any]],
         rejected: Counter[str],
     ) -> None:
-        if message.topic is None:
-            rejected["bad_topic"] += 1
-            self._bad_input.warning("bad_topic", "rejected a message whose topic is not UTF-8")
-            return
-        try:
-            stream = parse_topic(message.topic, self._prefix)
-        except InvalidStream as err:
-            rejected[err.reason] += 1
-            self._bad_input.warning(err.reason, "rejected topic: %s", err.detail)
+        topic = message.topic
+        stream = self._topics.get(topic)  # type: ignore[arg-type]
+        if stream is None:
+            if topic is None:
+                rejected["bad_topic"] += 1
+                self._bad_input.warning("bad_topic", "rejected a message whose topic is not UTF-8")
+                return
+            stream = self._parse_topic(topic)
+        if type(stream) is not StreamId:
+            reason, detail = stream
+            rejected[reason] += 1
+            self._bad_input.warning(reason, "rejected topic: %s", detail)
             return
         if message.oversized:
             rejected["too_large"] += 1
@@ -231,31 +248,66 @@ class IngestWorker:
                 stream,
             )
             return
+        reading = plain_reading(message.payload, message.arrival_ts, self._limits)
+        if reading is not None:  # the common case, the same reading parse_payload would give
+            self._take(stream, [reading], message.arrival_ts, None, taken)
+            return
         result = parse_payload(message.payload, message.arrival_ts, self._limits)
-        for reason, count in result.rejected.items():
-            rejected[reason] += count
-            self._bad_input.warning(
-                reason,
-                "%s",
-                Rejection(reason, count, stream, self._limits, self._settings.log_interval_s),
-            )
+        if result.rejected:
+            for reason, count in result.rejected.items():
+                rejected[reason] += count
+                self._bad_input.warning(
+                    reason,
+                    "%s",
+                    Rejection(reason, count, stream, self._limits, self._settings.log_interval_s),
+                )
+        if not result.named and not result.seqs:  # the common case: the topic's stream only
+            if result.readings:
+                self._take(stream, result.readings, message.arrival_ts, None, taken)
+            return
         seqs = result.seqs_by_stream(stream) if result.seqs else {}
         for target, readings in result.by_stream(stream).items():
-            taken = self._registry.insert(target, readings, message.arrival_ts)
-            if taken:
-                kept.setdefault(target, []).extend(taken)
-            if target in self._registry:
-                arrivals[target] = max(arrivals.get(target, message.arrival_ts), message.arrival_ts)
-                if target in seqs:
-                    self._sequences.observe(target, seqs[target], message.arrival_ts)
-            else:
-                self._bad_input.warning(
-                    "stream_limit",
-                    "refused new stream %s: %d streams held (limits.streams.max_streams), none "
-                    "idle for limits.streams.evict_idle_s",
-                    target,
-                    self._registry.limits.max_streams,
-                )
+            self._take(target, readings, message.arrival_ts, seqs.get(target), taken)
+
+    def _parse_topic(self, topic: str) -> StreamId | tuple[str, str]:
+        """The stream of `topic`, or why there is none, remembered: most messages come on a
+        few thousand topics at most, and a flood of junk topics only empties the memory."""
+        try:
+            parsed: StreamId | tuple[str, str] = parse_topic(topic, self._prefix)
+        except InvalidStream as err:
+            parsed = err.reason, err.detail
+        if len(self._topics) >= _TOPIC_MEMORY:
+            self._topics.clear()
+        self._topics[topic] = parsed
+        return parsed
+
+    def _take(
+        self,
+        stream: StreamId,
+        readings: list[Reading],
+        arrival: float,
+        seqs: list[tuple[int, float]] | None,
+        taken: dict[StreamId, list[Any]],
+    ) -> None:
+        kept = self._registry.admit(stream, readings, arrival)
+        if kept is None:
+            self._bad_input.warning(
+                "stream_limit",
+                "refused new stream %s: %d streams held (limits.streams.max_streams), none "
+                "idle for limits.streams.evict_idle_s",
+                stream,
+                self._registry.limits.max_streams,
+            )
+            return
+        entry = taken.get(stream)
+        if entry is None:
+            taken[stream] = [kept, arrival]  # `admit` returns a list of its own
+        else:
+            entry[0] += kept
+            if arrival > entry[1]:
+                entry[1] = arrival
+        if seqs:
+            self._sequences.observe(stream, seqs, arrival)
 
     def _write(
         self,

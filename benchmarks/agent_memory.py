@@ -1,0 +1,157 @@
+"""What the agent's memory goes to: each import, and each stream it holds.
+
+    python benchmarks/agent_memory.py
+
+1. Imports: a fresh interpreter imports the agent's modules one after the other, in the order
+   `moecast agent` needs them, and reports the growth of its resident set (VmRSS) at each step;
+   then `python -X importtime -c "import moecast.agent.cli"`, summed per top-level package.
+2. Streams: a StreamRegistry filled with STREAMS streams of full buffers (max_points readings
+   plus the trimming slack, the most a stream holds), measured with tracemalloc and as RSS.
+
+Everything is measured in child processes, so that nothing this script imported counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+# In the order the agent's start-up reaches them; each step's growth excludes what earlier ones
+# already imported.
+IMPORT_STEPS = (
+    "pydantic",
+    "pydantic_settings",
+    "yaml",
+    "numpy",
+    "moecast.agent.settings",
+    "moecast.agent.ingest.writer",  # ingest: payloads (orjson), streams, store (sqlite3)
+    "paho.mqtt.client",
+    # link imports the bundle format for fleet updates: onnxruntime and cryptography with it.
+    "onnxruntime",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "moecast.agent.ingest.link",
+    "moecast.agent.forecast.tick",
+    "moecast.agent.updates.wiring",
+    "moecast.agent.cli",
+)
+STREAMS = 1000
+
+_IMPORTS_CHILD = """
+import json, re, sys, importlib
+def rss():
+    text = open("/proc/self/status").read()
+    return int(re.search(r"^VmRSS:\\s+(\\d+) kB", text, re.M).group(1)) / 1024
+steps = [("python", rss(), 0)]
+for name in sys.argv[1:]:
+    before = len(sys.modules)
+    importlib.import_module(name)
+    steps.append((name, rss(), len(sys.modules) - before))
+print(json.dumps(steps))
+"""
+
+_STREAMS_CHILD = """
+import json, re, sys, time, tracemalloc
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.streams import StreamLimits, StreamRegistry
+def rss():
+    text = open("/proc/self/status").read()
+    return int(re.search(r"^VmRSS:\\s+(\\d+) kB", text, re.M).group(1)) / 1024
+streams = int(sys.argv[1])
+limits = StreamLimits()
+held = limits.max_points + max(limits.max_points // 8, 1)  # just before a trim
+now = time.time()
+readings = [Reading(now - held + k, 20.0 + k % 7) for k in range(held)]
+ids = [StreamId(f"device{i // 10}", f"sensor{i % 10}") for i in range(streams)]
+registry = StreamRegistry(limits)
+before = rss()
+tracemalloc.start()
+for stream in ids:
+    registry.insert(stream, readings, now)
+traced, _ = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+print(json.dumps({"streams": streams, "points_per_stream": held, "traced_mb": traced / 2**20,
+                  "rss_mb": rss() - before}))
+"""
+
+
+def measure_imports() -> list[tuple[str, float, int]]:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_CHILD, *IMPORT_STEPS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def measure_importtime(module: str) -> tuple[float, dict[str, float]]:
+    """Total import time of `module` (s) and the time spent in each package's own modules
+    (moecast's by subpackage, everything else by top-level package)."""
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    per_package: dict[str, float] = defaultdict(float)
+    for line in err.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if match:
+            parts = match.group(2).split(".")
+            root = ".".join(parts[:3] if parts[0] == "moecast" else parts[:1])
+            per_package[root] += int(match.group(1)) / 1e6
+    return sum(per_package.values()), dict(per_package)
+
+
+def measure_streams(streams: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _STREAMS_CHILD, str(streams)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=STREAMS)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+
+    steps = measure_imports()
+    print("resident set after each import (MB), and its growth:")
+    previous = None
+    for name, rss, modules in steps:
+        growth = "" if previous is None else f"+{rss - previous:6.1f}"
+        print(f"  {name:<52} {rss:7.1f} {growth:>7}  ({modules} modules)")
+        previous = rss
+
+    total, per_package = measure_importtime("moecast.agent.cli")
+    print(
+        f"\npython -X importtime -c 'import moecast.agent.cli': {total:.2f} s, own time by package:"
+    )
+    for name, seconds in sorted(per_package.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {name:<44} {seconds:6.3f} s")
+
+    streams = measure_streams(args.streams)
+    per_stream_kb = streams["traced_mb"] * 1024 / streams["streams"]
+    print(
+        f"\n{streams['streams']} streams of {streams['points_per_stream']} points (full buffers):"
+        f" {streams['traced_mb']:.1f} MB allocated (tracemalloc), {streams['rss_mb']:.1f} MB RSS,"
+        f" {per_stream_kb:.1f} KB per stream"
+    )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {"imports": steps, "importtime": per_package, "streams": streams}, out, indent=2
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,16 +6,26 @@ The split (paths relative to the data root, `shared/data`; see its README.md):
   (ad prices, ~1 h), `uci_beijing_pm25` (air pollution and weather, 1 h) and
   `autoformer_extra` (`exchange_rate.csv`, 8 daily exchange rates; `national_illness.csv`,
   weekly ILI counts).
-- `HELD_OUT_SOURCES`, never trained on: the long-horizon benchmark (`ett`, `weather`) and the
+- `HELD_OUT_SOURCES`, never trained on: the long-horizon benchmark (`ett`, `weather`), the
   sensor benchmark (NAB `realKnownCause` and `realTraffic`, `uci_occupancy`,
-  `uci_air_quality`). `load_pretraining_corpus` refuses any source that overlaps them.
+  `uci_air_quality`) and the continuous weather sensors it added (`pvlib`: two TMY3 weather
+  stations and an hourly air-quality record). `load_pretraining_corpus` refuses any source
+  that overlaps them.
+- `SENSOR_BENCHMARK_SERIES`: what the broadened sensor benchmark
+  (`benchmarks/zero_shot_sensor.py`) scores: every series of the sensor benchmark sources plus
+  chosen continuous physical sensors (weather, irradiance, grid load, air quality) from
+  `pvlib`, `weather` and one ETT file per transformer station; all inside `HELD_OUT_SOURCES`.
 - Unused: `lstnet/exchange_rate.txt.gz` holds the same 8 series as
   `autoformer_extra/exchange_rate.csv` (without dates); loading both would count them twice.
 
 Reading a file: the timestamp comes from year/month/day[/hour/minute/second] columns, a
 datetime-typed column, a date column plus a time column (day-first dates such as 10/03/2004 are
 recognised), a column named timestamp/datetime/date/time (numeric ones are Unix seconds, or
-milliseconds), or else the first text column that parses as dates. A file whose header row is
+milliseconds), or else the first text column that parses as dates. TMY3 files (a site line
+before the header, `Date (MM/DD/YYYY)` and hour-ending `Time (HH:MM)` 01:00-24:00, each month
+from a different real year) are read as one typical year: the rows keep their order on a
+common non-leap year, each hour labelled by its start, their `... source` and `... uncert` quality
+flag columns are dropped and -9900 is missing. A file whose header row is
 numbers has no header and no timestamps (LSTNet). Every other numeric column becomes one
 `Series`. Skipped, and logged: text columns, a first column holding row numbers (1, 2, 3, ...),
 constant columns and columns with under 10 % of their grid observed. Sentinels (-9999, -200)
@@ -26,6 +36,7 @@ empty bins), which also averages duplicate timestamps and puts out-of-order rows
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import warnings
@@ -51,7 +62,46 @@ SENSOR_BENCHMARK_SOURCES: tuple[str, ...] = (
     "uci_occupancy",
     "uci_air_quality",
 )
-HELD_OUT_SOURCES: tuple[str, ...] = LONG_HORIZON_SOURCES + SENSOR_BENCHMARK_SOURCES
+WEATHER_SENSOR_SOURCES: tuple[str, ...] = ("pvlib",)
+HELD_OUT_SOURCES: tuple[str, ...] = (
+    LONG_HORIZON_SOURCES + SENSOR_BENCHMARK_SOURCES + WEATHER_SENSOR_SOURCES
+)
+
+_TMY3_SERIES = (
+    "GHI (W/m^2)",
+    "DNI (W/m^2)",
+    "DHI (W/m^2)",
+    "Dry-bulb (C)",
+    "Dew-point (C)",
+    "RHum (%)",
+    "Wspd (m/s)",
+)
+_ETT_SERIES = ("HUFL", "MUFL", "LUFL", "OT")
+# (file or folder under the data root, columns; empty = every usable column). Only measured
+# quantities: computed ones (TMY3's extraterrestrial ETR) and near-copies of a chosen column
+# (Jena's Tpot/Tlog of T, PAR of SWDR; ETTh2 and ETTm1 are the other resolution of the two
+# stations) are left out so that no sensor counts twice.
+SENSOR_BENCHMARK_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((source, ()) for source in SENSOR_BENCHMARK_SOURCES),
+    ("pvlib/723170TYA.CSV.gz", (*_TMY3_SERIES, "Pressure (mbar)")),
+    ("pvlib/703165TY.csv.gz", _TMY3_SERIES),  # its pressure is one constant: not a sensor
+    ("pvlib/soiling_hsu_example_inputs.csv.gz", ("rain", "PM2_5", "PM10")),
+    (
+        "weather/weather.csv.gz",
+        (
+            "p (mbar)",
+            "T (degC)",
+            "Tdew (degC)",
+            "rh (%)",
+            "wv (m/s)",
+            "rain (mm)",
+            "SWDR (W/m\ufffd)",  # the file's own replacement character
+            "OT",
+        ),
+    ),
+    ("ett/ETTh1.csv", _ETT_SERIES),
+    ("ett/ETTm2.csv.gz", _ETT_SERIES),
+)
 
 DATA_ENV_VAR = "MOECAST_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +110,9 @@ DATA_SUFFIXES: tuple[str, ...] = (".csv.gz", ".txt.gz", ".csv", ".txt", ".parque
 DOCUMENTATION_PREFIXES: tuple[str, ...] = ("license", "readme", "notice")
 TIMESTAMP_NAMES: tuple[str, ...] = ("timestamp", "datetime", "date", "time")
 CALENDAR_PARTS: tuple[str, ...] = ("year", "month", "day", "hour", "minute", "second")
+TMY3_MISSING = -9900.0
+TMY3_FLAG_SUFFIXES: tuple[str, ...] = ("source", "uncert (%)", "uncert (code)")
+TMY3_YEAR = 2001  # any non-leap year: a typical meteorological year has 8760 hours
 MIN_OBSERVED_FRACTION = 0.1
 MIN_PARSED_FRACTION = 0.9  # share of rows a timestamp column must parse
 MAX_BINS_PER_ROW = 100  # a grid this much longer than the file means broken timestamps
@@ -122,6 +175,25 @@ def load_pretraining_corpus(
     return load_corpus(root, include)
 
 
+def load_selection(
+    root: Path | str, selection: Sequence[tuple[str, Sequence[str]]]
+) -> list[Series]:
+    """The series of `selection` ((source, columns) pairs, no columns = all), in its order;
+    raises CorpusError naming a column that is not there."""
+    series: list[Series] = []
+    for source, columns in selection:
+        loaded = load_corpus(root, [source])
+        if not columns:
+            series.extend(loaded)
+            continue
+        by_column = {s.name.split("/", 1)[1]: s for s in loaded}
+        missing = [c for c in columns if c not in by_column]
+        if missing:
+            raise CorpusError(f"{source}: no usable column {missing} (has {sorted(by_column)})")
+        series.extend(by_column[c] for c in columns)
+    return series
+
+
 def _refuse_held_out(root: Path, include: Sequence[str]) -> None:
     # Compare resolved paths so "nab", "./ett/ETTh1.csv" or "x/../weather" are caught too.
     for entry in include:
@@ -179,6 +251,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     if suffix is None:
         raise _Unusable(f"unknown extension (expected one of {', '.join(DATA_SUFFIXES)})")
     try:
+        if suffix != ".parquet" and _is_tmy3(path):
+            return _read_tmy3(path)
         if suffix == ".parquet":
             frame = pd.read_parquet(path)
             return frame.reset_index() if isinstance(frame.index, pd.DatetimeIndex) else frame
@@ -191,6 +265,29 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise _Unusable(f"reading Parquet needs pyarrow or fastparquet ({err})") from err
     except (OSError, ValueError) as err:  # pandas' parser and decoding errors are ValueErrors
         raise _Unusable(f"unreadable ({type(err).__name__}: {err})") from err
+
+
+def _is_tmy3(path: Path) -> bool:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        handle.readline()  # the site line
+        return handle.readline().startswith("Date (MM/DD/YYYY),Time (HH:MM)")
+
+
+def _read_tmy3(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, skiprows=1, encoding_errors="replace", low_memory=False)
+    date, time = frame.columns[:2]
+    day = pd.to_datetime(frame[date], format="%m/%d/%Y", errors="coerce")
+    hour_ending = pd.to_numeric(frame[time].astype(str).str.split(":").str[0], errors="coerce")
+    # Months come from different real years: on their own years the rows would be out of
+    # order and years apart, so the typical year is laid on one common year.
+    calendar = pd.DataFrame({"year": TMY3_YEAR, "month": day.dt.month, "day": day.dt.day})
+    stamps = pd.to_datetime(calendar, errors="coerce", utc=True) + pd.to_timedelta(
+        hour_ending - 1, unit="h"
+    )
+    flags = [c for c in frame.columns if str(c).endswith(TMY3_FLAG_SUFFIXES)]
+    values = frame.drop(columns=[date, time, *flags]).apply(pd.to_numeric, errors="coerce")
+    return pd.concat([stamps.rename("timestamp"), values.mask(values == TMY3_MISSING)], axis=1)
 
 
 def _is_number(text: object) -> bool:

@@ -11,12 +11,15 @@ import pytest
 from moecast.model.data import (
     HELD_OUT_SOURCES,
     PRETRAIN_SOURCES,
+    SENSOR_BENCHMARK_SERIES,
+    WEATHER_SENSOR_SOURCES,
     CorpusError,
     HeldOutSourceError,
     Series,
     default_data_root,
     load_corpus,
     load_pretraining_corpus,
+    load_selection,
     load_series_file,
 )
 from moecast.model.data.corpus import REPO_ROOT
@@ -199,6 +202,49 @@ def test_first_text_column_that_parses_as_dates_is_the_timestamp(tmp_path: Path)
     assert _only(load_series_file(path)).interval_s == 1800.0
 
 
+def _tmy3(rows: list[str]) -> str:
+    return (
+        '723170,"GREENSBORO PIEDMONT TRIAD INT",NC,-5.0,36.100,-79.950,273\n'
+        "Date (MM/DD/YYYY),Time (HH:MM),GHI (W/m^2),GHI source,GHI uncert (%),"
+        "Dry-bulb (C),Dry-bulb source,Dry-bulb uncert (code),Pressure (mbar)\n" + "".join(rows)
+    )
+
+
+def test_tmy3_is_one_typical_year_in_file_order(tmp_path: Path) -> None:
+    # January from 1988, February from 1996: on their own years the rows would be 8 years
+    # apart. Hours are hour-ending 01:00-24:00; -9900 is missing; flag columns are no series.
+    rows = [
+        "01/31/1988,22:00,0,1,0,5.0,A,7,1000\n",
+        "01/31/1988,23:00,0,1,0,4.5,A,7,1000\n",
+        "01/31/1988,24:00,0,1,0,-9900,?,0,1000\n",
+        "02/01/1996,01:00,0,1,0,3.5,A,7,1001\n",
+        "02/01/1996,02:00,12,1,9,3.0,A,7,1001\n",
+    ]
+    series = _by_column(load_series_file(_write(tmp_path / "site.csv.gz", _tmy3(rows))))
+    assert sorted(series) == ["Dry-bulb (C)", "GHI (W/m^2)", "Pressure (mbar)"]
+    temperature = series["Dry-bulb (C)"]
+    assert temperature.interval_s == 3600.0
+    np.testing.assert_array_equal(temperature.values, [5.0, 4.5, np.nan, 3.5, 3.0])
+    np.testing.assert_array_equal(series["GHI (W/m^2)"].values, [0, 0, 0, 0, 12])
+
+
+def test_load_selection_keeps_the_chosen_columns_in_order(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "date": pd.date_range("2024-01-01", periods=30, freq="h").astype(str),
+            "a": np.arange(30.0),
+            "b": np.arange(30.0) ** 2,
+            "c": np.sin(np.arange(30.0)),
+        }
+    )
+    frame.to_csv(tmp_path / "f.csv", index=False)
+    _small_csv(tmp_path / "g" / "one.csv")
+    series = load_selection(tmp_path, [("f.csv", ("c", "a")), ("g", ())])
+    assert [s.name for s in series] == ["f/c", "f/a", "one/value"]
+    with pytest.raises(CorpusError, match=r"f\.csv.*'zz'"):
+        load_selection(tmp_path, [("f.csv", ("a", "zz"))])
+
+
 # --- bad files ------------------------------------------------------------------------------
 
 
@@ -269,7 +315,18 @@ def test_load_corpus_propagates_a_bad_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    ["ett", "weather/", "nab", "nab/data/realTraffic", "ett/ETTh1.csv", "x/../weather", "."],
+    [
+        "ett",
+        "weather/",
+        "nab",
+        "nab/data/realTraffic",
+        "ett/ETTh1.csv",
+        "x/../weather",
+        ".",
+        "pvlib",
+        "pvlib/723170TYA.CSV.gz",
+        "./pvlib/../pvlib/soiling_hsu_example_inputs.csv.gz",
+    ],
 )
 def test_pretraining_refuses_held_out_sources(tmp_path: Path, entry: str) -> None:
     with pytest.raises(HeldOutSourceError, match="held-out"):
@@ -290,6 +347,19 @@ def test_split_is_disjoint() -> None:
         for held_out in HELD_OUT_SOURCES:
             assert not pretrain.startswith(held_out)
             assert not held_out.startswith(pretrain)
+
+
+def test_weather_sensors_are_held_out() -> None:
+    assert set(WEATHER_SENSOR_SOURCES) <= set(HELD_OUT_SOURCES)
+
+
+def test_every_sensor_benchmark_series_is_held_out(tmp_path: Path) -> None:
+    for source, _ in SENSOR_BENCHMARK_SERIES:
+        assert any(
+            source == held_out or source.startswith(held_out + "/") for held_out in HELD_OUT_SOURCES
+        ), source
+        with pytest.raises(HeldOutSourceError):
+            load_pretraining_corpus(tmp_path, include=[source])
 
 
 def test_default_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -359,6 +429,22 @@ def test_real_air_quality_and_occupancy(data_root: Path) -> None:
     occupancy = load_corpus(data_root, ["uci_occupancy"])
     assert {s.interval_s for s in occupancy} == {60.0}
     assert {s.name.split("/")[1] for s in occupancy} >= {"Temperature", "CO2", "Light"}
+
+
+def test_real_sensor_benchmark_selection(data_root: Path) -> None:
+    series = load_selection(data_root, SENSOR_BENCHMARK_SERIES)
+    by_name = {s.name: s for s in series}
+    assert len(by_name) == len(series)  # no series twice
+    for site in ("723170TYA", "703165TY"):
+        temperature = by_name[f"{site}/Dry-bulb (C)"]
+        assert temperature.interval_s == 3600.0
+        assert temperature.values.size == 8760  # one typical year, every hour, in order
+        assert np.isfinite(temperature.values).all()
+        assert np.nanmax(by_name[f"{site}/GHI (W/m^2)"].values) > 500
+    assert by_name["723170TYA/Pressure (mbar)"].values.min() > 900  # -9900 would be NaN
+    assert by_name["weather/T (degC)"].interval_s == 600.0
+    assert by_name["ETTm2/OT"].interval_s == 900.0
+    assert by_name["soiling_hsu_example_inputs/PM10"].interval_s == 3600.0
 
 
 def test_real_lstnet_file_has_no_timestamps(data_root: Path) -> None:

@@ -23,6 +23,8 @@ VARIANTS: dict[str, dict] = {
     "p1": {"skill_combine": True, "combine_power": 1.0},
     "p2": {"skill_combine": True, "combine_power": 2.0},
     "p4": {"skill_combine": True, "combine_power": 4.0},
+    "p4-late": {"skill_combine": True, "combine_power": 4.0, "combine_min_origin": 256},
+    "p4-narrow": {"skill_combine": True, "combine_power": 4.0, "combine_narrow": True},
 }
 
 

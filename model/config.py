@@ -50,7 +50,9 @@ class ModelConfig:
     skill_combine: bool = False
     combine_periods: tuple[int, ...] = (12, 24, 48, 96, 144, 168, 288)
     combine_power: float = 2.0
-    # Origins before this many points (at most a quarter of the context) are not scored: the
+    # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
+    combine_narrow: bool = False
+    # Origins before this many points (at most half the context) are not scored: the
     # network has seen too little there.
     combine_min_origin: int = 128
     name: str = field(default="custom", compare=False)

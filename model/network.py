@@ -384,9 +384,10 @@ def classical_candidates(
     return Candidates(torch.stack(forecasts, 1), torch.stack(defined, 1), z[:, within], scored)
 
 
-def skill_weights(c: Candidates, power: float, min_pairs: int) -> tuple[Tensor, Tensor]:
-    """Weights `[batch, 3]` of the network, naive and the best seasonal naive, and which period
-    is best (`[batch]`, an index into the seasonal candidates).
+def skill_weights(c: Candidates, power: float, min_pairs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights `[batch, 3]` of the network, naive and the best seasonal naive, their error
+    ratios to the network (`[batch, 3]`, inf where not scored) and which period is best
+    (`[batch]`, an index into the seasonal candidates).
 
     Each classical candidate is scored against the network on the same pairs (origin, step),
     those where both are defined and the context observed the target: its error ratio r is
@@ -406,18 +407,22 @@ def skill_weights(c: Candidates, power: float, min_pairs: int) -> tuple[Tensor, 
     seasonal_ratio, best = ratio[:, 1:].min(-1)
     ratios = torch.stack([torch.ones_like(seasonal_ratio), ratio[:, 0], seasonal_ratio], -1)
     raw = ratios.pow(-power)  # inf -> 0
-    return raw / raw.sum(-1, keepdim=True), best
+    return raw / raw.sum(-1, keepdim=True), ratios, best
 
 
-def skill_combine(quantiles: Tensor, c: Candidates, power: float, median: int) -> Tensor:
+def skill_combine(
+    quantiles: Tensor, c: Candidates, power: float, median: int, narrow: bool = False
+) -> Tensor:
     """The last token's quantiles `[batch, h, n_quantiles]` (normalised) re-centred on the
     skill-weighted median of the network, naive and the best seasonal naive.
 
-    The network's spread is kept: its quantiles move with its median. Where the best seasonal
-    naive has no value at the end (a long gap), naive stands in for it.
+    The network's quantiles move with its median. With `narrow`, their spread also shrinks by
+    the weighted error ratio (never widens): a mix that scored better than the network in the
+    context is less uncertain than the network. Where the best seasonal naive has no value at
+    the end (a long gap), naive stands in for it.
     """
     h = quantiles.shape[1]
-    weights, best = skill_weights(c, power, min_pairs=4 * h)
+    weights, ratios, best = skill_weights(c, power, min_pairs=4 * h)
     final = c.forecasts[:, :, -1]  # [batch, candidates, h]
     defined = c.defined[:, :, -1]
     index = (best + 2)[:, None, None].expand(-1, 1, h)
@@ -425,7 +430,11 @@ def skill_combine(quantiles: Tensor, c: Candidates, power: float, median: int) -
     seasonal = torch.where(defined.gather(1, index)[:, 0], seasonal, final[:, 1])
     mix = torch.stack([final[:, 0], final[:, 1], seasonal], 1)  # [batch, 3, h]
     centre = (weights[..., None] * mix).sum(1)
-    return quantiles + (centre - quantiles[..., median])[..., None]
+    spread = quantiles - quantiles[..., median : median + 1]
+    if narrow:
+        shrink = torch.where(weights > 0, weights * ratios, 0.0).sum(-1).clamp_max(1.0)
+        spread = spread * shrink[:, None, None]
+    return centre[..., None] + spread
 
 
 class QuantileHead(nn.Module):
@@ -570,7 +579,7 @@ class MoecastModel(nn.Module):
             last,
             cfg.patch_len,
             cfg.combine_periods,
-            min(cfg.combine_min_origin, values.shape[1] // 4),
+            min(cfg.combine_min_origin, values.shape[1] // 2),
             cfg.max_horizon,
         )
         return {
@@ -579,6 +588,7 @@ class MoecastModel(nn.Module):
                 classical.head(q[..., cfg.median_index]),
                 cfg.combine_power,
                 cfg.median_index,
+                cfg.combine_narrow,
             )
             for h, q in out.forecasts.items()
         }

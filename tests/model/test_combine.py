@@ -39,7 +39,7 @@ def test_weights_by_hand():
     forecasts = torch.tensor([[[[1.0, -1.0]], [[2.0, 2.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
     defined = torch.tensor([[[[True, True]], [[True, True]], [[True, True]], [[True, False]]]])
     c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), torch.ones(1, 1, 2, dtype=torch.bool))
-    weights, best = skill_weights(c, power=2.0, min_pairs=2)
+    weights, _, best = skill_weights(c, power=2.0, min_pairs=2)
     floor = 2e-2  # 1e-2 per pair, 2 pairs
     naive = (4 + floor) / (2 + floor)
     seasonal = (1 + floor) / (2 + floor)  # B has one pair, under min_pairs: not a candidate
@@ -47,7 +47,7 @@ def test_weights_by_hand():
     torch.testing.assert_close(weights[0], raw / raw.sum())
     assert best.tolist() == [0]
     # With one pair enough, B (exact on its pair, against the network's error 1) wins.
-    weights, best = skill_weights(c, power=2.0, min_pairs=1)
+    weights, _, best = skill_weights(c, power=2.0, min_pairs=1)
     assert best.tolist() == [1]
     b = (0 + 1e-2) / (1 + 1e-2)
     assert weights[0, 2].item() == pytest.approx(b**-2 / (1 + naive**-2 + b**-2), rel=1e-5)
@@ -61,9 +61,9 @@ def test_power_zero_is_the_plain_mean_and_a_large_power_picks_the_best():
         torch.zeros(1, 1, 1),
         torch.ones(1, 1, 1, dtype=torch.bool),
     )
-    mean, _ = skill_weights(c, power=0.0, min_pairs=1)
+    mean = skill_weights(c, power=0.0, min_pairs=1)[0]
     torch.testing.assert_close(mean, torch.full((1, 3), 1 / 3))
-    pick, _ = skill_weights(c, power=64.0, min_pairs=1)
+    pick = skill_weights(c, power=64.0, min_pairs=1)[0]
     assert pick[0].argmax() == 2
     assert pick[0, 2] > 0.99
 
@@ -83,7 +83,7 @@ def test_missing_points_are_not_scored_and_not_errors():
     assert not c.scored[0, -1].any()
     # A huge error on an unscored pair changes no weight.
     network = z[:, 3::4, None] + torch.tensor([0.5, 0.5])  # forecasts near the truth
-    base, _ = skill_weights(c.head(network), 2.0, 1)
+    base = skill_weights(c.head(network), 2.0, 1)[0]
     network[0, 1, 1] = 1e6
     torch.testing.assert_close(skill_weights(c.head(network), 2.0, 1)[0], base)
 
@@ -153,6 +153,16 @@ def test_empty_rows_stay_nan_and_quantiles_stay_ordered(nano):
         assert q[1].isnan().all(), h
         assert torch.isfinite(q[[0, 2]]).all(), h
         assert (q[[0, 2]].diff(dim=-1) >= 0).all(), h
+
+
+def test_narrow_shrinks_the_spread_where_the_mix_beat_the_network(nano):
+    t = torch.arange(128.0)
+    x = (20 + 5 * torch.sin(2 * math.pi * t / 12))[None]
+    wide, narrow = combined(nano).predict(x), combined(nano, combine_narrow=True).predict(x)
+    for h in nano.config.horizons:
+        width = (wide[h][..., -1] - wide[h][..., 0]).mean()
+        assert (narrow[h][..., -1] - narrow[h][..., 0]).mean() < width / 10, h
+        torch.testing.assert_close(narrow[h][..., 4], wide[h][..., 4])
 
 
 @pytest.mark.parametrize("power", [1.0, 4.0])

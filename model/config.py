@@ -49,7 +49,7 @@ class ModelConfig:
     # only: no weights.
     skill_combine: bool = False
     combine_periods: tuple[int, ...] = (12, 24, 48, 96, 144, 168, 288)
-    combine_power: float = 2.0
+    combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
     # Origins before this many points (at most half the context) are not scored: the

@@ -6,7 +6,8 @@
 
 Prints MSE and MAE per dataset and horizon (normalised scale), the per-dataset average next to
 Time-MoE base's, and writes JSON. Stride 1 is the paper's; on a CPU the default samples about
-200 window starts per channel and horizon (the stride used is printed per dataset).
+200 window starts per channel and horizon (`--starts`; the stride used is printed per dataset).
+`--combine on|off` overrides the checkpoint's skill-weighted combination (`network.skill_combine`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=0, help="0: about 200 starts per channel")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--no-hold", action="store_true", help="turn hold decoding off")
+    parser.add_argument(
+        "--combine",
+        choices=("on", "off", "config"),
+        default="config",
+        help="skill-weighted combination (network.skill_combine): as the checkpoint says, or not",
+    )
+    parser.add_argument(
+        "--starts", type=int, default=200, help="window starts per channel with --stride 0"
+    )
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_shot_long.json"))
     args = parser.parse_args()
@@ -52,13 +62,17 @@ def main() -> int:
     if not (root / "ett").is_dir():
         print(f"no benchmark data under {root} (set MOECAST_DATA)", file=sys.stderr)
         return 2
-    forecaster = Forecaster(load_checkpoint(args.checkpoint, hold_decoding=not args.no_hold))
+    overrides = {"hold_decoding": not args.no_hold}
+    if args.combine != "config":
+        overrides["skill_combine"] = args.combine == "on"
+    forecaster = Forecaster(load_checkpoint(args.checkpoint, **overrides))
     counts = forecaster.model.parameter_counts()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"$ python {' '.join(sys.argv)}")
     print(
         f"model: {args.checkpoint} ({forecaster.config.name}, {counts['total']:,} params, "
-        f"{counts['active']:,} active, hold decoding {'off' if args.no_hold else 'on'}); "
+        f"{counts['active']:,} active, hold decoding {'off' if args.no_hold else 'on'}, "
+        f"combination {'on' if forecaster.config.skill_combine else 'off'}); "
         f"machine: {machine}\n"
     )
     print(f"{'dataset':<8} {'horizon':>7} {'stride':>6} {'windows':>8} {'MSE':>7} {'MAE':>7}")
@@ -70,7 +84,7 @@ def main() -> int:
         per_dataset = []
         for horizon in args.horizons:
             test_points = len(data.test) - data.context - horizon + 1
-            stride = args.stride or max(1, math.ceil(test_points / 200))
+            stride = args.stride or max(1, math.ceil(test_points / args.starts))
             result = evaluate(forecaster, data, horizon, stride)
             rows.append({"dataset": name, "horizon": horizon, "stride": stride, **result})
             per_dataset.append(result)

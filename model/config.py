@@ -42,12 +42,26 @@ class ModelConfig:
     # the value unchanged k steps later in over half of its pairs, the k-step quantiles whose
     # levels that atom must cover are the last value itself. Decoding only: no weights.
     hold_decoding: bool = True
+    # Skill-weighted combination in `predict` (`network.skill_combine`): every token is a
+    # forecast origin, so one pass scores the network, naive and seasonal naive (best of
+    # `combine_periods`) on what the context shows happened next, and each head's median is
+    # their mix with weights (error relative to the network's) ** -combine_power. Decoding
+    # only: no weights.
+    skill_combine: bool = False
+    combine_periods: tuple[int, ...] = (12, 24, 48, 96, 144, 168, 288)
+    combine_power: float = 4.0
+    # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
+    combine_narrow: bool = False
+    # Origins before this many points (at most half the context) are not scored: the
+    # network has seen too little there.
+    combine_min_origin: int = 128
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
         # Tuples survive a JSON round trip as lists; normalise so equality and hashing hold.
         object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
+        object.__setattr__(self, "combine_periods", tuple(int(p) for p in self.combine_periods))
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -75,6 +89,10 @@ class ModelConfig:
         elif list(self.horizons) != sorted(set(self.horizons)) or 1 not in self.horizons:
             # Horizon 1 guarantees the greedy schedule can always finish any horizon.
             yield f"horizons must be strictly increasing and include 1, got {self.horizons}"
+        if any(p < 1 for p in self.combine_periods):
+            yield f"combine_periods must be positive, got {self.combine_periods}"
+        if self.combine_power < 0:
+            yield f"combine_power must be >= 0, got {self.combine_power}"
         qs = self.quantiles
         if not qs or any(not 0.0 < q < 1.0 for q in qs) or list(qs) != sorted(set(qs)):
             yield f"quantiles must be strictly increasing in (0, 1), got {qs}"

@@ -301,6 +301,142 @@ def hold_decode(quantiles: Tensor, last: Tensor, held: Tensor, levels: Tensor) -
     return torch.where(p > 0.5, clipped, quantiles)
 
 
+def fill_forward(z: Tensor, observed: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """`[batch, length]` each point's value, or where it is missing the last observed value
+    at most `window - 1` points before it; and whether there was one.
+
+    A masked max over a `[length, window]` band rather than `cummax` (no ONNX export).
+    """
+    length = z.shape[1]
+    zero = observed[:1, :1].sum() * 0  # keeps the index table out of the graph's constants
+    back = torch.arange(window, device=z.device)[None, :] + zero
+    position = torch.arange(length, device=z.device)[:, None] - back  # [length, window]
+    inside = position >= 0
+    position = position.clamp_min(0)
+    latest = torch.where(observed[:, position] & inside, position, -1).amax(-1)
+    found = latest >= 0
+    return torch.where(found, z.gather(1, latest.clamp_min(0)), 0.0), found
+
+
+@dataclass
+class Candidates:
+    """Forecasts `[batch, candidates, tokens, h]` from every token's end (normalised scale),
+    whether each is defined, and the context's value at each target (`truth`, `scored`:
+    inside the context, observed, and from a scored origin). Candidate 0 is the network,
+    1 naive, 2.. seasonal naive for each period."""
+
+    forecasts: Tensor
+    defined: Tensor
+    truth: Tensor
+    scored: Tensor
+
+    def head(self, network: Tensor) -> Candidates:
+        """The candidates of one head: the classical ones cut to its `h` steps, after the
+        network's median `[batch, tokens, h]` for it."""
+        h = network.shape[-1]
+        return Candidates(
+            torch.cat([network[:, None], self.forecasts[..., :h]], 1),
+            torch.cat([torch.ones_like(self.defined[:, :1, :, :h]), self.defined[..., :h]], 1),
+            self.truth[..., :h],
+            self.scored[..., :h],
+        )
+
+
+def classical_candidates(
+    z: Tensor,
+    observed: Tensor,
+    last: Tensor,
+    patch_len: int,
+    periods: Sequence[int],
+    min_origin: int,
+    horizon: int,
+) -> Candidates:
+    """Naive and seasonal naive forecasts of `horizon` steps from every token's end, with the
+    targets to score them on (`Candidates` without the network; `head` adds it). `last`
+    `[batch, tokens]` is the last observed value up to each token's end."""
+    b, length = z.shape
+    n = length // patch_len
+    zero = observed[:1, :1].sum() * 0  # keeps the index tables out of the graph's constants
+    end = (torch.arange(n, device=z.device) + 1 + zero) * patch_len  # [tokens]
+    step = torch.arange(1, horizon + 1, device=z.device) + zero  # [horizon]
+    target = end[:, None] + step[None, :] - 1  # [tokens, horizon]; the last token's lie beyond
+    inside = target < length
+    within = target.clamp_max(length - 1)
+    # An origin is scored once it has min_origin points behind it, half of them observed.
+    seen = observed.to(z.dtype).view(b, n, patch_len).sum(-1).cumsum(-1)  # [batch, tokens]
+    origin_ok = (end >= min_origin) & (seen >= min_origin // 2)
+    scored = inside & observed[:, within] & origin_ok[..., None]
+
+    # Seasonal naive for step k repeats the value p * ceil(k / p) points before the target:
+    # last period's, or for p < k the latest full period's. A missing one is taken a period
+    # earlier still, else filled forward over a short gap.
+    filled, found = fill_forward(z, observed, 4 * patch_len)
+    forecasts = [last[..., None].expand(b, n, horizon)]
+    defined = [torch.ones_like(scored)]
+    for p in periods:
+        source = target - p * ((step + p - 1) // p)
+        earlier = (source - p).clamp_min(0)
+        use_earlier = ~observed[:, source.clamp_min(0)] & observed[:, earlier] & (source >= p)
+        source = torch.where(use_earlier, earlier, source)  # [batch, tokens, horizon] now
+        forecasts.append(filled.gather(1, source.clamp_min(0).flatten(1)).view(b, n, horizon))
+        defined.append(found.gather(1, source.clamp_min(0).flatten(1)).view(b, n, horizon))
+        defined[-1] &= source >= 0
+    return Candidates(torch.stack(forecasts, 1), torch.stack(defined, 1), z[:, within], scored)
+
+
+def skill_weights(c: Candidates, power: float, min_pairs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights `[batch, 3]` of the network, naive and the best seasonal naive, their error
+    ratios to the network (`[batch, 3]`, inf where not scored) and which period is best
+    (`[batch]`, an index into the seasonal candidates).
+
+    Each classical candidate is scored against the network on the same pairs (origin, step),
+    those where both are defined and the context observed the target: its error ratio r is
+    its absolute error summed over them over the network's. Weights are r ** -power (the
+    network's r is 1), normalised; a candidate with under `min_pairs` pairs gets none.
+    """
+    error = (c.forecasts - c.truth[:, None]).abs()
+    pairs = c.defined[:, 1:] & c.scored[:, None]  # [batch, classical, tokens, h]
+    mine = torch.where(pairs, error[:, 1:], 0.0).sum((-2, -1))
+    network = torch.where(pairs, error[:, :1], 0.0).sum((-2, -1))
+    count = pairs.sum((-2, -1))
+    # A floor on both sums (a hundredth of a standard deviation per pair) keeps flat
+    # stretches, where everything is exact, from dividing by zero.
+    floor = 1e-2 * count.to(error.dtype)
+    ratio = (mine + floor) / (network + floor)
+    ratio = torch.where(count >= min_pairs, ratio, torch.inf)
+    seasonal_ratio, best = ratio[:, 1:].min(-1)
+    ratios = torch.stack([torch.ones_like(seasonal_ratio), ratio[:, 0], seasonal_ratio], -1)
+    raw = ratios.pow(-power)  # inf -> 0
+    return raw / raw.sum(-1, keepdim=True), ratios, best
+
+
+def skill_combine(
+    quantiles: Tensor, c: Candidates, power: float, median: int, narrow: bool = False
+) -> Tensor:
+    """The last token's quantiles `[batch, h, n_quantiles]` (normalised) re-centred on the
+    skill-weighted median of the network, naive and the best seasonal naive.
+
+    The network's quantiles move with its median. With `narrow`, their spread also shrinks by
+    the weighted error ratio (never widens): a mix that scored better than the network in the
+    context is less uncertain than the network. Where the best seasonal naive has no value at
+    the end (a long gap), naive stands in for it.
+    """
+    h = quantiles.shape[1]
+    weights, ratios, best = skill_weights(c, power, min_pairs=4 * h)
+    final = c.forecasts[:, :, -1]  # [batch, candidates, h]
+    defined = c.defined[:, :, -1]
+    index = (best + 2)[:, None, None].expand(-1, 1, h)
+    seasonal = final.gather(1, index)[:, 0]
+    seasonal = torch.where(defined.gather(1, index)[:, 0], seasonal, final[:, 1])
+    mix = torch.stack([final[:, 0], final[:, 1], seasonal], 1)  # [batch, 3, h]
+    centre = (weights[..., None] * mix).sum(1)
+    spread = quantiles - quantiles[..., median : median + 1]
+    if narrow:
+        shrink = torch.where(weights > 0, weights * ratios, 0.0).sum(-1).clamp_max(1.0)
+        spread = spread * shrink[:, None, None]
+    return centre[..., None] + spread
+
+
 class QuantileHead(nn.Module):
     def __init__(
         self, d_model: int, horizon: int, n_quantiles: int, anchor: int, last_value_skip: bool
@@ -414,10 +550,13 @@ class MoecastModel(nn.Module):
         (`hold_decode`) give the last value exactly.
         """
         cfg = self.config
-        out = self.forward(values, last_only=True)
+        out = self.forward(values, last_only=not cfg.skill_combine)
         empty = out.token_observed.any(-1).logical_not()[:, None, None]
         scale, loc = out.scale[:, :, None], out.loc[:, :, None]
-        forecasts = {h: q[:, 0] * scale + loc for h, q in out.forecasts.items()}
+        normalised = {h: q[:, -1] for h, q in out.forecasts.items()}
+        if cfg.skill_combine:
+            normalised = self._combine(values, out)
+        forecasts = {h: q * scale + loc for h, q in normalised.items()}
         if cfg.hold_decoding:
             observed = ~torch.isnan(values)
             filled = torch.where(observed, values, 0.0)
@@ -426,6 +565,33 @@ class MoecastModel(nn.Module):
             levels = torch.tensor(cfg.quantiles, dtype=values.dtype, device=values.device)
             forecasts = {h: hold_decode(q, last, held[:, :h], levels) for h, q in forecasts.items()}
         return {h: torch.where(empty, torch.nan, q) for h, q in forecasts.items()}
+
+    def _combine(self, values: Tensor, out: MoecastOutput) -> dict[int, Tensor]:
+        """Each head's last-token quantiles re-centred by `skill_combine` (normalised)."""
+        cfg = self.config
+        observed = ~torch.isnan(values)
+        z = torch.where(observed, (values - out.loc) / out.scale, 0.0)
+        last = last_observed(z, observed, cfg.patch_len)
+        # Every head's classical candidates are prefixes of the longest head's.
+        classical = classical_candidates(
+            z,
+            observed,
+            last,
+            cfg.patch_len,
+            cfg.combine_periods,
+            min(cfg.combine_min_origin, values.shape[1] // 2),
+            cfg.max_horizon,
+        )
+        return {
+            h: skill_combine(
+                q[:, -1],
+                classical.head(q[..., cfg.median_index]),
+                cfg.combine_power,
+                cfg.median_index,
+                cfg.combine_narrow,
+            )
+            for h, q in out.forecasts.items()
+        }
 
     @property
     def kept_experts(self) -> list[list[int]]:

@@ -1,0 +1,40 @@
+"""The sensor benchmark with decoding variants of the shipped weights as extra models.
+
+    python benchmarks/combine_variants.py --model combine=variant:p2 --model p4=variant:p4 ...
+
+Any other argument is `zero_shot_sensor.py`'s. A `--model NAME=variant:KEY` loads the
+`--checkpoint` weights with the config overrides `VARIANTS[KEY]` (decoding settings only), so
+the variants of `network.skill_combine` are scored on the same windows and damage as the
+network alone and the baselines, in one run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import zero_shot_sensor
+from moecast.model.checkpoint import load_checkpoint
+from moecast.model.cli_forecast import SHIPPED_WEIGHTS
+from moecast.model.forecast import Forecaster
+
+VARIANTS: dict[str, dict] = {
+    "off": {"skill_combine": False},
+    "p1": {"skill_combine": True, "combine_power": 1.0},
+    "p2": {"skill_combine": True, "combine_power": 2.0},
+    "p4": {"skill_combine": True, "combine_power": 4.0},
+    "p4-late": {"skill_combine": True, "combine_power": 4.0, "combine_min_origin": 256},
+    "p4-narrow": {"skill_combine": True, "combine_power": 4.0, "combine_narrow": True},
+}
+
+
+def from_variant(path: str | Path, **kwargs) -> Forecaster:
+    text = str(path)
+    if not text.startswith("variant:"):
+        return Forecaster(load_checkpoint(path), **kwargs)
+    return Forecaster(load_checkpoint(SHIPPED_WEIGHTS, **VARIANTS[text.removeprefix("variant:")]))
+
+
+if __name__ == "__main__":
+    zero_shot_sensor.Forecaster.from_pretrained = staticmethod(from_variant)  # type: ignore[method-assign]
+    sys.exit(zero_shot_sensor.main())

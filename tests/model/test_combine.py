@@ -1,0 +1,170 @@
+"""The skill-weighted combination in `predict` (`network.skill_combine`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from moecast.model.config import preset
+from moecast.model.network import (
+    Candidates,
+    MoecastModel,
+    classical_candidates,
+    fill_forward,
+    last_observed,
+    skill_weights,
+)
+
+NAN = float("nan")
+
+
+def combined(nano: MoecastModel, **overrides) -> MoecastModel:
+    """nano's weights with the combination on (and any other decoding change)."""
+    model = MoecastModel(preset("nano", skill_combine=True, **overrides)).eval()
+    model.load_state_dict(nano.state_dict())
+    return model
+
+
+def test_fill_forward_carries_the_last_observed_value_at_most_window_minus_one_points():
+    x = torch.tensor([[NAN, 1.0, NAN, NAN, NAN, 2.0]])
+    filled, found = fill_forward(torch.nan_to_num(x), ~torch.isnan(x), window=3)
+    assert found.tolist() == [[False, True, True, True, False, True]]
+    assert filled[found].tolist() == [1.0, 1.0, 1.0, 2.0]
+
+
+def test_weights_by_hand():
+    # One origin, two steps; truth 0 and 0. Network errors 1 and 1 (sum 2), naive 2 and 2
+    # (sum 4), seasonal A 1 and 0 (sum 1), seasonal B undefined at step 2.
+    forecasts = torch.tensor([[[[1.0, -1.0]], [[2.0, 2.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
+    defined = torch.tensor([[[[True, True]], [[True, True]], [[True, True]], [[True, False]]]])
+    c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), torch.ones(1, 1, 2, dtype=torch.bool))
+    weights, _, best = skill_weights(c, power=2.0, min_pairs=2)
+    floor = 2e-2  # 1e-2 per pair, 2 pairs
+    naive = (4 + floor) / (2 + floor)
+    seasonal = (1 + floor) / (2 + floor)  # B has one pair, under min_pairs: not a candidate
+    raw = torch.tensor([1.0, naive**-2, seasonal**-2])
+    torch.testing.assert_close(weights[0], raw / raw.sum())
+    assert best.tolist() == [0]
+    # With one pair enough, B (exact on its pair, against the network's error 1) wins.
+    weights, _, best = skill_weights(c, power=2.0, min_pairs=1)
+    assert best.tolist() == [1]
+    b = (0 + 1e-2) / (1 + 1e-2)
+    assert weights[0, 2].item() == pytest.approx(b**-2 / (1 + naive**-2 + b**-2), rel=1e-5)
+
+
+def test_power_zero_is_the_plain_mean_and_a_large_power_picks_the_best():
+    forecasts = torch.tensor([[[[1.0]], [[3.0]], [[0.5]]]])
+    c = Candidates(
+        forecasts,
+        torch.ones(1, 3, 1, 1, dtype=torch.bool),
+        torch.zeros(1, 1, 1),
+        torch.ones(1, 1, 1, dtype=torch.bool),
+    )
+    mean = skill_weights(c, power=0.0, min_pairs=1)[0]
+    torch.testing.assert_close(mean, torch.full((1, 3), 1 / 3))
+    pick = skill_weights(c, power=64.0, min_pairs=1)[0]
+    assert pick[0].argmax() == 2
+    assert pick[0, 2] > 0.99
+
+
+def test_missing_points_are_not_scored_and_not_errors():
+    z = torch.arange(32.0)[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    observed[0, 9] = False
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, (4,), min_origin=4, horizon=2)
+    # Token 1 ends at 8: its step-2 target is point 9, missing, so never scored.
+    assert not c.scored[0, 1, 1]
+    assert c.scored[0, 1, 0]
+    # Token 0 ends at 4: min_origin points behind it, all observed, so scored.
+    assert c.scored[0, 0, 0]
+    # The last token's targets lie beyond the context: never scored.
+    assert not c.scored[0, -1].any()
+    # A huge error on an unscored pair changes no weight.
+    network = z[:, 3::4, None] + torch.tensor([0.5, 0.5])  # forecasts near the truth
+    base = skill_weights(c.head(network), 2.0, 1)[0]
+    network[0, 1, 1] = 1e6
+    torch.testing.assert_close(skill_weights(c.head(network), 2.0, 1)[0], base)
+
+
+def test_a_clean_periodic_series_gets_seasonal_naive(nano):
+    t = torch.arange(128.0)
+    x = (20 + 5 * torch.sin(2 * math.pi * t / 12) + 2 * torch.cos(2 * math.pi * t / 24))[None]
+    x[0, 10] = NAN  # a gap changes nothing
+    model = combined(nano)
+    future = 20 + 5 * torch.sin(2 * math.pi * (128 + torch.arange(64.0)) / 12)
+    future = future + 2 * torch.cos(2 * math.pi * (128 + torch.arange(64.0)) / 24)
+    median = model.config.median_index
+    got = model.predict(x)
+    alone = nano.predict(x)
+    for h in model.config.horizons:
+        error = (got[h][0, :, median] - future[:h]).abs().max()
+        assert error < 0.05, h  # seasonal naive with period 24 is exact
+        assert error < (alone[h][0, :, median] - future[:h]).abs().max() / 10, h
+
+
+def test_a_random_walk_leans_on_naive_not_on_a_season(nano):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 128, generator=g).cumsum(-1)
+    model = combined(nano)
+    observed = ~torch.isnan(x)
+    out = model.forward(x)
+    z = (x - out.loc) / out.scale
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, model.config.combine_periods, 32, 64)
+    weights = {
+        h: skill_weights(c.head(q[..., model.config.median_index]), 2.0, 4 * h)[0][0].tolist()
+        for h, q in out.forecasts.items()
+    }
+    for h, (network, naive, seasonal) in weights.items():
+        # No season to repeat: the weight stays on naive and the network (which of them depends
+        # on the horizon: the untrained nano forecasts about the mean, not bad far ahead).
+        assert seasonal < max(network, naive), h
+        assert network + naive > 0.7, h
+    assert weights[1][1] > 0.5  # one step ahead, the last value is the forecast
+
+
+def test_an_untrained_candidate_set_leaves_the_network_alone(nano):
+    # Too short a history for any origin to be scored: the network's forecast unchanged.
+    x = torch.full((1, 128), NAN)
+    x[0, -12:] = torch.randn(12)
+    model = combined(nano)
+    for h, q in model.predict(x).items():
+        torch.testing.assert_close(q, nano.predict(x)[h])
+
+
+def test_hold_decoding_still_holds_with_the_combination(nano):
+    x = torch.where(torch.arange(128) < 100, 1.0, 0.0)[None].repeat(2, 1)
+    x[1] = 20 + torch.randn(128)
+    x[0, 120] = NAN
+    model = combined(nano)
+    median = model.config.median_index
+    for h, q in model.predict(x).items():
+        assert q[0, :, median].eq(0.0).all(), h
+        assert torch.isfinite(q).all()
+
+
+def test_empty_rows_stay_nan_and_quantiles_stay_ordered(nano):
+    x = torch.randn(3, 128).cumsum(-1)
+    x[1] = NAN
+    x[2, torch.rand(128) < 0.3] = NAN
+    for h, q in combined(nano).predict(x).items():
+        assert q[1].isnan().all(), h
+        assert torch.isfinite(q[[0, 2]]).all(), h
+        assert (q[[0, 2]].diff(dim=-1) >= 0).all(), h
+
+
+def test_narrow_shrinks_the_spread_where_the_mix_beat_the_network(nano):
+    t = torch.arange(128.0)
+    x = (20 + 5 * torch.sin(2 * math.pi * t / 12))[None]
+    wide, narrow = combined(nano).predict(x), combined(nano, combine_narrow=True).predict(x)
+    for h in nano.config.horizons:
+        width = (wide[h][..., -1] - wide[h][..., 0]).mean()
+        assert (narrow[h][..., -1] - narrow[h][..., 0]).mean() < width / 10, h
+        torch.testing.assert_close(narrow[h][..., 4], wide[h][..., 4])
+
+
+@pytest.mark.parametrize("power", [1.0, 4.0])
+def test_the_power_is_a_config_field(nano, power):
+    assert combined(nano, combine_power=power).config.combine_power == power

@@ -1,0 +1,57 @@
+"""The skill-weighted combination (`network.skill_combine`) exports: ONNX Runtime computes
+what PyTorch does, at any batch size, with gaps, short histories and seasonal rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.quantization.helpers import holed_series, run_onnx
+
+FORECASTS = ("h1", "h8", "h32", "h64")
+
+
+@pytest.fixture(scope="module")
+def combining(nano):
+    from moecast.model.config import preset
+    from moecast.model.network import MoecastModel
+
+    model = MoecastModel(preset("nano", skill_combine=True)).eval()
+    model.load_state_dict(nano.state_dict())
+    return model
+
+
+@pytest.fixture(scope="module")
+def combining_fp32(combining, tmp_path_factory):
+    from moecast.quantization.export import export_onnx
+
+    return export_onnx(combining, tmp_path_factory.mktemp("combine") / "nano.combine.onnx")
+
+
+def inputs(batch: int, length: int, seed: int) -> np.ndarray:
+    """holed_series plus, in every other row, a clean cycle of 12 points with 30 % dropped."""
+    values = holed_series(batch, length, seed=seed)
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    for row in values[::2]:
+        row[:] = 10 + 3 * np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=length)
+        row[rng.random(length) < 0.3] = np.nan
+    return values
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_onnx_matches_pytorch(combining, combining_fp32, batch):
+    values = inputs(batch, combining.config.context_length, seed=batch)
+    got = run_onnx(combining_fp32, values)
+    with torch.no_grad():
+        want = combining.predict(torch.from_numpy(values))
+    for name in FORECASTS:
+        h = int(name[1:])
+        assert got[name].shape == (batch, h, 9)
+        assert np.abs(got[name] - want[h].numpy()).max() < 1e-3, name
+
+
+def test_the_combination_adds_little_to_the_file(nano_fp32, combining_fp32):
+    # Index tables built from constants would be folded into the graph as int64 tensors.
+    assert combining_fp32.stat().st_size < nano_fp32.stat().st_size + 64_000

@@ -164,7 +164,10 @@ def parse_payload(
         elif not (exact and _plain_readings(document, arrival_ts, limits, result)):
             _Records(arrival_ts, limits, result).parse(document)
     elif type(document) is dict:
-        if not _plain_reading(document, arrival_ts, limits, result):
+        reading = _plain_reading(document, arrival_ts, limits)
+        if reading is not None:
+            result.readings.append(reading)
+        else:
             _Records(arrival_ts, limits, result).parse((document,))
     else:
         try:
@@ -177,40 +180,38 @@ def parse_payload(
     return result
 
 
-def plain_reading(payload: bytes, arrival_ts: float, limits: PayloadLimits) -> Reading | None:
-    """The reading of a payload `{"ts": <float>, "value": <float>}` that `parse_payload` accepts
-    whole, without building a ParseResult; None for any other payload (parse that instead)."""
-    if payload[:1] != b"{" or len(payload) > limits.max_bytes:
-        return None
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    if type(document) is not dict or len(document) != 2:
-        return None
-    ts = document.get("ts")
-    value = document.get("value")
-    if (
-        type(ts) is float
-        and type(value) is float
-        and arrival_ts - limits.max_age_s <= ts <= arrival_ts + limits.max_future_s
-        and ts <= MILLISECONDS_ABOVE
-        and -limits.max_abs_value <= value <= limits.max_abs_value
-    ):
-        return _reading((ts, value))
-    return None
+def parse_message(
+    payload: bytes, arrival_ts: float, limits: PayloadLimits
+) -> Reading | ParseResult:
+    """`parse_payload`, except that a payload `{"ts": <float>, "value": <float>}` it would
+    accept whole comes back as that Reading, without a ParseResult: the common case, on the
+    writer's per-message path. Every payload is decoded once."""
+    if payload[:1] == b"{" and len(payload) <= limits.max_bytes:
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass  # parse_payload tries the standard parser, and counts what both refuse
+        else:
+            if type(document) is dict:
+                reading = _plain_reading(document, arrival_ts, limits)
+                if reading is not None:
+                    return reading
+                result = ParseResult()
+                _Records(arrival_ts, limits, result).parse((document,))
+                return result
+    return parse_payload(payload, arrival_ts, limits)
 
 
 # The common shapes, `{"ts": <float>, "value": <float>}` alone or in a list, every one of them
 # acceptable, take these shortcuts; anything else (ints, strings, a seq, SenML, one bad reading)
-# returns False untouched and goes through `_Records`, which gives the same readings.
+# is left untouched for `_Records`, which gives the same readings.
 
 
 def _plain_reading(
-    document: dict[str, object], arrival: float, limits: PayloadLimits, result: ParseResult
-) -> bool:
+    document: dict[str, object], arrival: float, limits: PayloadLimits
+) -> Reading | None:
     if len(document) != 2:
-        return False
+        return None
     ts = document.get("ts")
     value = document.get("value")
     if (
@@ -220,9 +221,8 @@ def _plain_reading(
         and ts <= MILLISECONDS_ABOVE
         and -limits.max_abs_value <= value <= limits.max_abs_value
     ):  # NaN fails every comparison
-        result.readings.append(_reading((ts, value)))
-        return True
-    return False
+        return _reading((ts, value))
+    return None
 
 
 def _plain_readings(

@@ -36,7 +36,7 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from moecast.agent.ingest.inbox import Flush, InboundMessage, Inbox
-from moecast.agent.ingest.payloads import PayloadLimits, parse_payload, plain_reading
+from moecast.agent.ingest.payloads import ParseResult, PayloadLimits, parse_message
 from moecast.agent.ingest.readings import InvalidStream, Reading, StreamId, parse_topic
 from moecast.agent.ingest.rejections import Rejection
 from moecast.agent.ingest.sequence import SequenceTracker
@@ -248,11 +248,11 @@ class IngestWorker:
                 stream,
             )
             return
-        reading = plain_reading(message.payload, message.arrival_ts, self._limits)
-        if reading is not None:  # the common case, the same reading parse_payload would give
-            self._take(stream, [reading], message.arrival_ts, None, taken)
+        result = parse_message(message.payload, message.arrival_ts, self._limits)
+        if type(result) is Reading:  # the common case, the reading parse_payload would give
+            self._take(stream, [result], message.arrival_ts, None, taken)
             return
-        result = parse_payload(message.payload, message.arrival_ts, self._limits)
+        assert isinstance(result, ParseResult)
         if result.rejected:
             for reason, count in result.rejected.items():
                 rejected[reason] += count

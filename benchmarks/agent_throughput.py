@@ -55,7 +55,6 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,7 +62,7 @@ from typing import Any, ClassVar
 import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from timing import cpu_description
+from timing import cpu_description, wait
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_ID = "bench"
@@ -451,17 +450,6 @@ class Watcher:
                 self.metrics.append(document)
             else:
                 self.statuses.append(document)
-
-
-def wait(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            sys.exit(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def start_agent(

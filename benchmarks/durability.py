@@ -45,14 +45,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from timing import cpu_description
+from timing import cpu_description, wait
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "firmware_configs" / "mosquitto.conf"
@@ -81,17 +80,6 @@ REPLACED_KEYS = {
 
 def stream_topic(stream: int) -> str:
     return f"sensors/dev{stream:03d}/value"
-
-
-def wait(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def free_port() -> int:

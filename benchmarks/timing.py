@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # int8 inference speed hangs on these: VNNI runs int8 dot products several times faster, and
 # the same bundle was 3-4x slower on an AVX2-only EPYC than on one with AVX-512 VNNI.
@@ -38,3 +39,16 @@ def timed(fn: Callable[[], object], min_seconds: float, min_runs: int, warmup: i
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def wait(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy, and return that; TimeoutError naming
+    `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)

@@ -65,12 +65,16 @@ class Agent:
         settings: AgentSettings,
         on_tick: OnTick | None = None,
         *,
+        on_stop: Callable[[], object] | None = None,
         link: MqttLink | None = None,
     ) -> None:
         """`link` (with its metrics and inbox) is built first by callers that hand it to other
-        parts too, such as the fleet update path; by default the agent builds its own."""
+        parts too, such as the fleet update path; by default the agent builds its own.
+        `on_stop` runs on a clean stop once the last tick has finished (the forecaster saves
+        its state there)."""
         self.settings = settings
         self._on_tick = on_tick
+        self._on_stop = on_stop
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         self.store = ReadingStore(settings.readings_db, settings.limits.store)
         self.registry = StreamRegistry(settings.limits.streams)
@@ -136,6 +140,11 @@ class Agent:
         """Store and acknowledge what has arrived, publish `offline`, disconnect, close."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        if self._on_stop is not None:
+            try:
+                self._on_stop()
+            except Exception:
+                log.exception("saving the forecasting state failed")
         if self.ingest.alive:
             self.ingest.flush(timeout_s)
         self.link.stop(timeout_s)

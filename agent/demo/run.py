@@ -102,7 +102,7 @@ def _run(
         if live.is_set():
             forecaster(replace(context, now=clock.now()))
 
-    agent = Agent(settings, on_tick=tick)
+    agent = Agent(settings, on_tick=tick, on_stop=forecaster.close)
     agent.link.model_version = forecaster.model_version
     agent.start()
     host, port = settings.broker.host, settings.broker.port

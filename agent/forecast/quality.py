@@ -300,13 +300,13 @@ class QualityMonitor:
         self._open(context)
         if self._discovery is not None:
             self._discovery.tick(context, self._shown, self._horizons, self._levels)
-        if not self.enabled:
-            return
-        self._record(context.now)
-        self._report_stale(context)
+        if self.enabled:
+            self._record(context.now)
+            self._report_stale(context)
         if context.now - self._saved_at >= self.config.save_interval_s:
             self.save(context)
-        self._publish_summary()
+        if self.enabled:
+            self._publish_summary()
 
     def _record(self, now: float) -> None:
         """The tick's issued forecasts become pending steps, per head only for streams whose
@@ -371,14 +371,25 @@ class QualityMonitor:
     # state, slots and persistence
 
     def save(self, context: TickContext | None = None) -> None:
-        """Write the changed streams' state; forget streams the registry no longer holds."""
+        """Write the changed streams' state; forget streams the registry no longer holds
+        (evicted as idle): their state, their retained anomaly and their Home Assistant
+        entities go."""
         if self._store is None:
             return
-        gone = []
+        gone: list[StreamId] = []
         if context is not None:
-            gone = [s for s in self._slots if s not in context.registry]
+            held = context.registry
+            gone = [s for s in self._slots if s not in held]
             for stream in gone:
                 self._release(stream)
+            # States loaded at start for streams evicted before this run forecast them.
+            unclaimed = [s for s in self._loaded if s not in held]
+            for stream in unclaimed:
+                del self._loaded[stream]
+            gone += unclaimed
+            announced = [] if self._discovery is None else self._discovery.forget_unheld(held)
+            if gone or announced:
+                self._forget(context, sorted(set(gone) | set(announced)))
         dirty = np.flatnonzero(self._dirty).tolist()
         states = [
             (stream, self._state(slot))
@@ -388,6 +399,24 @@ class QualityMonitor:
         self._store.save_states(states, gone)
         self._dirty[:] = False
         self._saved_at = context.now if context is not None else time.time()
+
+    def _forget(self, context: TickContext, streams: list[StreamId]) -> None:
+        anomalies = self.config.anomalies
+        if self.enabled and anomalies.enabled and anomalies.retain:
+            for stream in streams:  # a retained "raised" would outlive the stream
+                context.link.publish(stream.topic(anomalies.topic), b"", 1, retain=True)
+        if self._discovery is not None:
+            self._discovery.forget(context, streams)
+        log.info("forgot the forecast quality of %d streams no longer held", len(streams))
+
+    def close(self) -> None:
+        """On a clean stop, after the last tick: save every changed state and close."""
+        if self._store is None:
+            return
+        if self.enabled:
+            self.save()
+        self._store.close()
+        self._store = None
 
     def _state(self, slot: int) -> dict[str, Any]:
         return {

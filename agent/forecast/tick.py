@@ -128,6 +128,10 @@ class Forecaster:
         self._model = _Model(bundle, self.settings.forecast.payload == "compact")
         self._ticks_since_swap = 0
 
+    def close(self) -> None:
+        """After the last tick: save the forecast quality state (a clean stop keeps it)."""
+        self.quality.close()
+
     def __call__(self, context: TickContext) -> TickOutcome:
         started = time.perf_counter()
         model = self._model

@@ -7,7 +7,8 @@ is first forecast, and again for every stream after the agent reconnects (a brok
 its retained messages would otherwise leave Home Assistant without them). Every topic published
 is recorded in `quality.db`; a run with discovery off (or another prefix or node id) publishes
 an empty retained payload on each recorded topic that no longer applies, which removes the
-entity from Home Assistant, and forgets it.
+entity from Home Assistant, and forgets it. The entities of a stream evicted as idle
+(`limits.streams.evict_idle_s`) are removed the same way.
 
 The sensor's state is the published median `state_ahead_s` ahead (in whole grid steps, read
 from the shortest head that reaches it); its attributes are the longest head's steps (ts, median,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,19 @@ def _version() -> str:
         return "unknown"
 
 
+def _node_and_object(settings: AgentSettings, stream: StreamId) -> tuple[str, str]:
+    return safe_id(settings.homeassistant.node_id or settings.agent_id), safe_id(
+        f"{stream.device}_{stream.sensor}"
+    )
+
+
+def config_topics(settings: AgentSettings, stream: StreamId) -> list[str]:
+    """The stream's sensor and binary_sensor config topics, in `discovery_configs`' order."""
+    node, obj = _node_and_object(settings, stream)
+    prefix = settings.homeassistant.prefix
+    return [f"{prefix}/{kind}/{node}/{obj}/config" for kind in ("sensor", "binary_sensor")]
+
+
 def discovery_configs(
     settings: AgentSettings,
     stream: StreamId,
@@ -63,8 +77,7 @@ def discovery_configs(
 ) -> list[tuple[str, dict[str, Any]]]:
     """(config topic, config) of the stream's sensor and binary_sensor."""
     config = settings.homeassistant
-    node = safe_id(config.node_id or settings.agent_id)
-    obj = safe_id(f"{stream.device}_{stream.sensor}")
+    node, obj = _node_and_object(settings, stream)
     version = _version()
     longest = max(horizons)
     step = int(min(max(round(config.state_ahead_s / interval_s), 1), longest))
@@ -123,11 +136,7 @@ def discovery_configs(
         "origin": origin,
         "qos": 1,
     }
-    prefix = config.prefix
-    return [
-        (f"{prefix}/sensor/{node}/{obj}/config", sensor),
-        (f"{prefix}/binary_sensor/{node}/{obj}/config", binary),
-    ]
+    return list(zip(config_topics(settings, stream), (sensor, binary), strict=True))
 
 
 class Discovery:
@@ -138,7 +147,8 @@ class Discovery:
         self.config = settings.homeassistant
         self._store = store
         self._published = store.discovery_topics()
-        self._announced: set[StreamId] = set()
+        self._announced: set[StreamId] = set()  # since the last (re)connect
+        self._streams: set[StreamId] = set()  # every stream announced in this run
         self._connects: int | None = None
         self._cleaned = False
 
@@ -169,20 +179,41 @@ class Discovery:
                 context.link.publish(topic, orjson.dumps(config), 1, retain=True)
                 topics.append(topic)
             self._announced.add(stream)
+            self._streams.add(stream)
         fresh = set(topics) - self._published
         if fresh:
             self._store.add_discovery_topics(sorted(fresh))
             self._published |= fresh
+
+    def forget_unheld(self, held: Container[StreamId]) -> list[StreamId]:
+        """The streams announced in this run that `held` (the registry) no longer holds."""
+        return [stream for stream in self._streams if stream not in held]
+
+    def forget(self, context: TickContext, streams: Sequence[StreamId]) -> None:
+        """Remove the entities of streams the agent no longer holds (evicted as idle)."""
+        self._announced.difference_update(streams)
+        self._streams.difference_update(streams)
+        gone = sorted(
+            topic
+            for stream in streams
+            for topic in config_topics(self.settings, stream)
+            if topic in self._published
+        )
+        self._remove(context, gone)
+
+    def _remove(self, context: TickContext, topics: list[str]) -> None:
+        for topic in topics:
+            context.link.publish(topic, b"", 1, retain=True)
+        if topics:
+            log.info("removed %d Home Assistant discovery configs", len(topics))
+            self._store.remove_discovery_topics(topics)
+            self._published -= set(topics)
 
     def _clean(self, context: TickContext) -> None:
         """Remove what an earlier run published and this one would not."""
         config = self.config
         node = safe_id(config.node_id or self.settings.agent_id)
         own = re.compile(rf"^{re.escape(config.prefix)}/(sensor|binary_sensor)/{re.escape(node)}/")
-        stale = sorted(t for t in self._published if not (config.enabled and own.match(t)))
-        for topic in stale:
-            context.link.publish(topic, b"", 1, retain=True)
-        if stale:
-            log.info("removed %d Home Assistant discovery configs", len(stale))
-            self._store.remove_discovery_topics(stale)
-            self._published -= set(stale)
+        self._remove(
+            context, sorted(t for t in self._published if not (config.enabled and own.match(t)))
+        )

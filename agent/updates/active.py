@@ -121,6 +121,11 @@ class ActiveModel:
             self._progress.report("committed", trial.bundle.manifest.model_version, self.version)
         return outcome
 
+    def close(self) -> None:
+        """On a clean stop, after the last tick (the agent's `on_stop`)."""
+        if self.forecaster is not None:
+            self.forecaster.close()
+
     def _swap_in_ready(self) -> None:
         """Start the trial of a model the receiver made ready. Taken and begun in one critical
         section: the receiver must never see neither a ready model nor a trial (it would start
@@ -156,6 +161,8 @@ class ActiveModel:
     def _use(self, bundle: Bundle | None) -> None:
         """Make `bundle` the one the forecaster runs (None: forecast nothing)."""
         if bundle is None:
+            if self.forecaster is not None:
+                self.forecaster.close()
             self.forecaster = None
         elif self.forecaster is None:
             self.forecaster = Forecaster(bundle, self.settings)

@@ -90,4 +90,5 @@ def build_agent(
     inbox = fleet_inbox(settings, metrics)
     link = build_link(settings, metrics, None if inbox is None else inbox.offer)
     updates = build_update_path(settings, forecaster, slots, link, inbox, interrupted)
-    return Agent(settings, on_tick=updates.active.tick, link=link), updates
+    agent = Agent(settings, on_tick=updates.active.tick, on_stop=updates.active.close, link=link)
+    return agent, updates

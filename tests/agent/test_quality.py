@@ -13,6 +13,7 @@ from moecast.agent.forecast.quality_store import QUALITY_DB, QualityStore
 from moecast.agent.forecast.tick import Forecaster
 from moecast.agent.ingest.readings import Reading, StreamId
 from moecast.agent.ingest.streams import StreamRegistry
+from moecast.agent.ops.homeassistant import config_topics
 from moecast.agent.ops.metrics import AgentMetrics
 from moecast.agent.runtime import TickContext
 from moecast.agent.settings import AgentSettings, load_settings
@@ -265,3 +266,60 @@ def _last(values: np.ndarray) -> np.ndarray:
     observed = ~np.isnan(values)
     last = values.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1)
     return values[np.arange(len(values)), last].astype(np.float64)
+
+
+def test_a_clean_stop_saves_what_the_last_ticks_scored(tmp_path: Path) -> None:
+    bundle = FakeBundle(spread=0.5)
+    settings = settings_for(tmp_path, save_interval_s=1e9)  # no save between ticks
+    stream = StreamId("a", "b")
+    replay = Replay(Forecaster(bundle, settings))  # type: ignore[arg-type]
+    for k in range(20):
+        replay.step({stream: 20.0 + k % 3})
+    scored = int(replay.fc.quality.skill.summary()["n"][0, 0])
+    assert scored > 0
+    store = QualityStore(tmp_path / QUALITY_DB)
+    assert store.load_states() == {}  # nothing saved yet
+    replay.fc.close()
+    [state] = store.load_states().values()
+    store.close()
+    restarted = Forecaster(bundle, settings)  # type: ignore[arg-type]
+    again = Replay(restarted)
+    again.registry, again.k = replay.registry, replay.k
+    again.step({stream: 20.0})
+    assert int(restarted.quality.skill.summary()["n"][0, 0]) == scored
+    assert state["interval"] == INTERVAL
+
+
+def test_evicted_streams_lose_their_retained_anomaly_and_home_assistant_entities(
+    tmp_path: Path,
+) -> None:
+    bundle = FakeBundle(spread=0.5)
+    settings = settings_for(tmp_path, save_interval_s=0.001)
+    settings = settings.model_copy(
+        update={"homeassistant": settings.homeassistant.model_copy(update={"enabled": True})}
+    )
+    kept, evicted = StreamId("a", "b"), StreamId("a", "c")
+    replay = Replay(Forecaster(bundle, settings))  # type: ignore[arg-type]
+    for _ in range(12):
+        replay.step({kept: 20.0, evicted: 21.0})
+    configs = [m["topic"] for m in replay.link.on("homeassistant/") if m["payload"] is not None]
+    assert len(configs) == 4  # a sensor and a binary_sensor per stream
+    replay.link.clear()
+    fresh = StreamRegistry()  # `evicted` is evicted: the registry holds `kept` only
+    ts = START + replay.k * INTERVAL
+    fresh.insert(kept, [Reading(ts, 20.0)], arrival_ts=ts)
+    replay.registry = fresh
+    replay.step({kept: 20.0})
+    removed = {m["topic"] for m in replay.link.published if m["payload"] is None}
+    assert removed == {*config_topics(settings, evicted), "anomalies/a/c"}
+    assert all(m["retain"] for m in replay.link.published if m["payload"] is None)
+    store = QualityStore(tmp_path / QUALITY_DB)
+    assert store.discovery_topics() == set(config_topics(settings, kept))
+    assert set(store.load_states()) == {kept}
+    store.close()
+    # A new run does not remove them again, nor touch the kept stream's entities.
+    replay.link.clear()
+    again = Replay(Forecaster(bundle, settings))  # type: ignore[arg-type]
+    again.registry, again.k = replay.registry, replay.k
+    again.step({kept: 20.0})
+    assert [m for m in again.link.published if m["payload"] is None] == []

@@ -172,13 +172,15 @@ def test_metrics_are_published_as_json(
 
 def test_forecasting_ticks_come_on_the_cadence_grid(broker: Broker, tmp_path: Path) -> None:
     ticks: list[TickContext] = []
+    stopped: list[int] = []  # how many ticks had run when on_stop was called
     settings = agent_settings(broker, tmp_path / "agent", forecast={"cadence_s": 0.2})
-    agent = Agent(settings, on_tick=ticks.append)
+    agent = Agent(settings, on_tick=ticks.append, on_stop=lambda: stopped.append(len(ticks)))
     agent.start()
     try:
         wait_for(lambda: len(ticks) >= 3, what="three ticks")
     finally:
         agent.stop()
+    assert stopped == [len(ticks)]  # once, after the last tick
     assert all(tick.registry is agent.registry and tick.link is agent.link for tick in ticks)
     slots = [round(tick.now / 0.2) for tick in ticks]
     assert slots == sorted(set(slots))  # one tick per cadence slot

@@ -68,6 +68,7 @@ def demo_settings(
         },
         streams=rules,
         forecast={"cadence_s": CADENCE_S, "expiry_s": 60},
+        quality={"anomalies": {"topic": f"{topic_root}anomalies"}},
         limits={
             # Site time is in the past by up to the whole history; late readings arrive up to
             # half an hour of site time after their neighbours.

@@ -4,16 +4,17 @@ logs and CI (`--no-tui`). Both render a `Snapshot`; neither touches MQTT."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
 import numpy as np
-from moecast.agent.demo.observer import AlertRecord, ForecastRecord
+from moecast.agent.demo.observer import AlertRecord, AnomalyRecord, ForecastRecord
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY_BINS = 24  # six hours of site time on the 15-minute grid
 AHEAD_STEPS = 24
 PROGRESS_EVERY_S = 5.0
+SKILL_HEAD = 8  # the live skill shown: two hours ahead on the 15-minute grid
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,19 @@ class StreamView:
     history: np.ndarray  # recent bin means, oldest first
     forecast: ForecastRecord | None
     alerts: dict[str, AlertRecord]  # the newest event per rule
+    anomaly: AnomalyRecord | None = None  # the newest anomaly event
+
+    @property
+    def anomalous(self) -> bool:
+        return self.anomaly is not None and self.anomaly.state == "raised"
+
+    def live_skill(self) -> tuple[float | None, float | None]:
+        """The agent's live skill and 80 % coverage at SKILL_HEAD (or the nearest head)."""
+        if self.forecast is None or not self.forecast.skill:
+            return None, None
+        skill = self.forecast.skill
+        head = min(skill, key=lambda h: abs(h - SKILL_HEAD))
+        return skill[head]["skill"], skill[head]["coverage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,7 @@ class Snapshot:
     tick_ms: float | None  # mean latency of the agent's forecasting ticks so far
     streams: list[StreamView]
     alert_log: list[tuple[str, AlertRecord]]  # (site clock, event), oldest first
+    anomaly_log: list[tuple[str, AnomalyRecord]] = field(default_factory=list)
 
 
 class View(Protocol):
@@ -89,6 +104,15 @@ def _event_line(clock: str, alert: AlertRecord) -> str:
     )
 
 
+def _anomaly_line(clock: str, event: AnomalyRecord) -> str:
+    tail = "" if event.tail_probability is None else f"  tail p={event.tail_probability:.2g}"
+    return f"{clock}  {event.stream}  anomaly {event.state.upper()}{tail}"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
 def open_view(tui: bool) -> View:
     """The live dashboard, or plain progress without a terminal (or without rich)."""
     if tui:
@@ -128,6 +152,8 @@ class LiveDashboard:
         table.add_column("latest", justify="right", no_wrap=True)
         table.add_column("last 6 h │ next 6 h (median)", no_wrap=True)
         table.add_column("+6 h, 80 %", justify="right", no_wrap=True)
+        table.add_column(f"skill {SKILL_HEAD}", justify="right", no_wrap=True)
+        table.add_column("cover", justify="right", no_wrap=True)
         table.add_column("alerts", no_wrap=True)
         for view in snapshot.streams:
             ahead = _ahead(view)
@@ -143,8 +169,12 @@ class LiveDashboard:
                 interval = f"{_number(ahead[1][-1])} – {_number(ahead[2][-1])}"
             latest = f"{_number(view.latest[1])} {view.unit}" if view.latest else "–"
             text, raised = _alert_text(view)
-            alerts = Text(text, style="bold red" if raised else "green")
-            table.add_row(view.name, latest, line, interval, alerts)
+            if view.anomalous:
+                text = ("ANOMALY " + text).strip()
+            alerts = Text(text, style="bold red" if raised or view.anomalous else "green")
+            skill, coverage = view.live_skill()
+            cover = "–" if coverage is None else f"{100 * coverage:.0f} %"
+            table.add_row(view.name, latest, line, interval, _share(skill), cover, alerts)
         header = Text(
             f"site clock {snapshot.site_clock} (×{snapshot.speed:g})   "
             f"{snapshot.elapsed_s:4.0f}/{snapshot.duration_s:g} s   "
@@ -152,11 +182,13 @@ class LiveDashboard:
             f"forecasts {snapshot.forecasts:,}   ticks {snapshot.ticks}"
             + (f", {snapshot.tick_ms:.0f} ms each" if snapshot.tick_ms is not None else "")
         )
-        log = Text("\n".join(_event_line(c, a) for c, a in snapshot.alert_log[-8:]) or "none yet")
+        events = [_event_line(c, a) for c, a in snapshot.alert_log]
+        events += [_anomaly_line(c, a) for c, a in snapshot.anomaly_log]
+        log = Text("\n".join(sorted(events)[-8:]) or "none yet")
         return Group(
             Panel(header, title="moecast demo", border_style="cyan"),
             table,
-            Panel(log, title="alerts", border_style="red" if snapshot.alert_log else "dim"),
+            Panel(log, title="alerts and anomalies", border_style="red" if events else "dim"),
         )
 
 
@@ -167,11 +199,15 @@ class PlainProgress:
         self._out = out or sys.stdout
         self._next_line_s = 0.0
         self._alerts_shown = 0
+        self._anomalies_shown = 0
 
     def update(self, snapshot: Snapshot) -> None:
         for clock, alert in snapshot.alert_log[self._alerts_shown :]:
             print(f"alert  {_event_line(clock, alert)}", file=self._out, flush=True)
         self._alerts_shown = len(snapshot.alert_log)
+        for clock, event in snapshot.anomaly_log[self._anomalies_shown :]:
+            print(f"anomaly  {_anomaly_line(clock, event)}", file=self._out, flush=True)
+        self._anomalies_shown = len(snapshot.anomaly_log)
         if snapshot.elapsed_s < self._next_line_s:
             return
         self._next_line_s = snapshot.elapsed_s + PROGRESS_EVERY_S

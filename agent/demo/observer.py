@@ -1,4 +1,5 @@
-"""What a consumer of the agent sees: its forecasts and alerts, taken off MQTT like anyone's.
+"""What a consumer of the agent sees: its forecasts (with their live skill), alerts and
+anomalies, taken off MQTT like anyone's.
 
 The dashboard and the report read these, not the agent's internals, so the demo shows exactly
 what an application subscribed to the agent's topics would get.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,9 @@ class ForecastRecord:
     interval_s: float
     levels: np.ndarray
     heads: dict[int, np.ndarray]
+    # The agent's live skill of the stream per head (the payload's `skill`): horizon ->
+    # {"n", "skill", "coverage"}; empty without quality checks.
+    skill: dict[int, dict[str, float | None]] = field(default_factory=dict)
 
     def band(self, head: int, level: float) -> np.ndarray:
         """The quantile at `level` for every step of `head`."""
@@ -46,19 +50,41 @@ class AlertRecord:
     first_crossing_ts: float | None
 
 
-class Observer:
-    """Subscribes to the forecast and alert topics and keeps everything that arrives."""
+@dataclass(frozen=True, slots=True)
+class AnomalyRecord:
+    """One anomaly event: `raised` / `cleared` for the grid bin ending at `ts`, or `stale`."""
 
-    def __init__(self, client: paho.Client, forecasts_prefix: str, alerts_prefix: str) -> None:
+    stream: str
+    state: str
+    ts: float  # unix end of the judged bin (stale: the last bin the agent had)
+    tail_probability: float | None
+    horizon: int | None
+
+
+class Observer:
+    """Subscribes to the forecast, alert and anomaly topics and keeps everything that
+    arrives."""
+
+    def __init__(
+        self,
+        client: paho.Client,
+        forecasts_prefix: str,
+        alerts_prefix: str,
+        anomalies_prefix: str | None = None,
+    ) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._forecasts: dict[str, list[ForecastRecord]] = {}
         self._alerts: list[AlertRecord] = []
+        self._anomalies: list[AnomalyRecord] = []
         self.bad_messages = 0
         self._forecast_root = forecasts_prefix + "/"
+        self._anomaly_root = None if anomalies_prefix is None else anomalies_prefix + "/"
         client.on_message = self._on_message
         client.subscribe(f"{forecasts_prefix}/#", qos=1)
         client.subscribe(f"{alerts_prefix}/#", qos=1)
+        if anomalies_prefix is not None:
+            client.subscribe(f"{anomalies_prefix}/#", qos=1)
 
     def forecasts(self, stream: str) -> list[ForecastRecord]:
         with self._lock:
@@ -78,11 +104,20 @@ class Observer:
         with self._lock:
             return list(self._alerts)
 
+    def anomalies(self) -> list[AnomalyRecord]:
+        with self._lock:
+            return list(self._anomalies)
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if not message.payload:
+            return  # a retained message removed
         try:
             document = json.loads(message.payload)
+            record: ForecastRecord | AlertRecord | AnomalyRecord
             if message.topic.startswith(self._forecast_root):
-                record: ForecastRecord | AlertRecord = _forecast(document)
+                record = _forecast(document)
+            elif self._anomaly_root is not None and message.topic.startswith(self._anomaly_root):
+                record = _anomaly(document)
             else:
                 record = _alert(document)
         except (ValueError, KeyError, TypeError):
@@ -91,6 +126,8 @@ class Observer:
         with self._lock:
             if isinstance(record, ForecastRecord):
                 self._forecasts.setdefault(record.stream, []).append(record)
+            elif isinstance(record, AnomalyRecord):
+                self._anomalies.append(record)
             else:
                 self._alerts.append(record)
 
@@ -109,6 +146,29 @@ def _forecast(document: dict[str, Any]) -> ForecastRecord:
         interval_s=float(document["interval_s"]),
         levels=levels,
         heads=heads,
+        skill=_skill(document.get("skill")),
+    )
+
+
+def _skill(section: dict[str, Any] | None) -> dict[int, dict[str, float | None]]:
+    """The payload's per-head lists as horizon -> {n, skill, coverage}."""
+    if not section:
+        return {}
+    return {
+        int(h): {key: section[key][i] for key in ("n", "skill", "coverage")}
+        for i, h in enumerate(section["horizons"])
+    }
+
+
+def _anomaly(document: dict[str, Any]) -> AnomalyRecord:
+    probability = document.get("tail_probability")
+    horizon = document.get("horizon")
+    return AnomalyRecord(
+        stream=document["stream"],
+        state=document["state"],
+        ts=float(document["ts"]),
+        tail_probability=None if probability is None else float(probability),
+        horizon=None if horizon is None else int(horizon),
     )
 
 

@@ -1,6 +1,8 @@
 """The demo's report: `demo-report.json` (accuracy per stream against what really came next and
-against a naive forecast, alerts, throughput) and `demo-report.png` (history, a forecast fan,
-realised values and alert markers for a few streams), plus a short summary on the terminal.
+against a naive forecast, the agent's own live skill and coverage, alerts, anomaly events and
+how soon they followed the injected faults, throughput) and `demo-report.png` (history, a
+forecast fan, realised values, alert and anomaly markers for a few streams), plus a short
+summary on the terminal.
 
 The PNG needs matplotlib, which an edge install does not have: without it the JSON is still
 written and the summary says how to get the plot.
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from moecast.agent.demo.config import INTERVAL_S
+from moecast.agent.demo.dashboard import SKILL_HEAD
 from moecast.agent.demo.evaluate import HeadScore, Published, bin_series, summarise
-from moecast.agent.demo.observer import AlertRecord, ForecastRecord
-from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream
+from moecast.agent.demo.observer import AlertRecord, AnomalyRecord, ForecastRecord
+from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, Anomaly, SimStream
 
 if TYPE_CHECKING:
     from moecast.agent.demo.publisher import SiteClock
@@ -43,6 +46,7 @@ class DemoReport:
     published: dict[str, Published]
     forecasts: dict[str, list[ForecastRecord]]
     alerts: list[AlertRecord]
+    anomalies: list[AnomalyRecord]
     scores: dict[str, dict[int, HeadScore]]
     metrics: dict[str, Any]
     finished_t: float  # site seconds since the live start when the site stopped publishing
@@ -84,6 +88,8 @@ class DemoReport:
             "streams": {stream.name: self._stream_json(stream) for stream in self.streams},
             "alerts": [self._alert_json(alert) for alert in self.alerts],
             "alert_summary": self.alert_summary(),
+            "anomalies": [self._anomaly_json(event) for event in self.anomalies],
+            "anomaly_detection": self.anomaly_detection(),
             "throughput": self.throughput(),
         }
 
@@ -98,7 +104,82 @@ class DemoReport:
             "anomaly": stream.anomaly.description if stream.anomaly else None,
             "forecasts": len(self.forecasts.get(stream.name, ())),
             "accuracy": {str(h): scores[h].summary() for h in sorted(scores)},
+            "live_skill": self.live_skill(stream),
         }
+
+    def live_skill(self, stream: SimStream) -> dict[str, dict[str, float | None]]:
+        """The agent's own rolling skill and 80 % coverage per head, as its last forecast of
+        the stream stated them."""
+        forecasts = self.forecasts.get(stream.name)
+        if not forecasts:
+            return {}
+        return {str(h): values for h, values in sorted(forecasts[-1].skill.items())}
+
+    def _anomaly_json(self, event: AnomalyRecord) -> dict[str, Any]:
+        return {
+            "stream": event.stream,
+            "state": event.state,
+            "site_hours": round(self.site_t(event.ts) / HOUR, 3),
+            "tail_probability": event.tail_probability,
+            "horizon": event.horizon,
+        }
+
+    def anomaly_detection(self) -> dict[str, Any]:
+        """Per injected fault, the first `raised` anomaly on its stream from its start on and
+        the delay; every other `raised` event is counted as false."""
+        faults: dict[str, dict[str, Any]] = {}
+        detected: set[int] = set()
+        raised = [(i, e) for i, e in enumerate(self.anomalies) if e.state == "raised"]
+        for stream in self.streams:
+            fault = stream.anomaly
+            if fault is None:
+                continue
+            # The bin whose end is the first after the fault's start holds its first readings.
+            first = [
+                (i, e)
+                for i, e in raised
+                if e.stream == stream.name
+                and fault.start_s <= self.site_t(e.ts) <= fault.end_s + INTERVAL_S
+            ]
+            entry: dict[str, Any] = {
+                "fault": fault.description,
+                "start_site_hours": round(fault.start_s / HOUR, 3),
+                "end_site_hours": round(fault.end_s / HOUR, 3),
+                "first_raised_site_hours": None,
+                "delay_bins": None,
+            }
+            if first:
+                i, event = min(first, key=lambda pair: pair[1].ts)
+                detected.add(i)
+                delay = self.site_t(event.ts) - fault.start_s
+                entry["first_raised_site_hours"] = round(self.site_t(event.ts) / HOUR, 3)
+                entry["delay_bins"] = math.ceil(delay / INTERVAL_S - 1e-9)
+            faults[stream.name] = entry
+        in_fault = {
+            i
+            for i, e in raised
+            if (fault := self._fault(e.stream)) is not None
+            and fault.start_s <= self.site_t(e.ts) <= fault.end_s + INTERVAL_S
+        }
+        return {
+            "faults": faults,
+            "detected": sum(entry["delay_bins"] is not None for entry in faults.values()),
+            "other_raised": len(raised) - len(in_fault),
+            "other_raised_streams": sorted({e.stream for i, e in raised if i not in in_fault}),
+            "method": (
+                "a fault counts as detected by the first raised anomaly event on its stream "
+                "for a bin ending between the fault's start and one bin after its end; "
+                "delay_bins counts 15-minute bins from the fault's start to that bin's end "
+                "(1: the first bin that holds faulty readings); every other raised event is "
+                "counted in other_raised"
+            ),
+        }
+
+    def _fault(self, name: str) -> Anomaly | None:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream.anomaly
+        return None
 
     def _alert_json(self, alert: AlertRecord) -> dict[str, Any]:
         return {
@@ -163,10 +244,21 @@ class DemoReport:
         accuracy = summarise(self.scores)
         forecast_streams = sum(bool(self.forecasts.get(s.name)) for s in self.streams)
         alerts = self.alert_summary()
+        detection = self.anomaly_detection()
+        found = [
+            f"{entry['fault']} on {name} "
+            + (
+                f"raised {entry['delay_bins']} bin(s) after it began"
+                if entry["delay_bins"] is not None
+                else "NOT raised"
+            )
+            for name, entry in detection["faults"].items()
+        ]
         lines = [
             f"forecasts: {forecast_streams}/{len(self.streams)} streams, "
             f"{sum(len(f) for f in self.forecasts.values()):,} forecasts; "
             f"alerts: {alerts['raised']} raised, {alerts['cleared']} cleared",
+            "anomalies: " + "; ".join(found) + f"; {detection['other_raised']} other raised",
             f"forecast error, median vs realised, 1 to {accuracy['headline_horizon']} steps "
             "(15 min each) ahead:",
         ]
@@ -177,9 +269,16 @@ class DemoReport:
             if not summary or summary["mae"] is None:
                 lines.append(f"  {stream.name:28s} not scored")
                 continue
+            live = self.live_skill(stream).get(str(SKILL_HEAD), {})
+            agent_says = (
+                f"  agent: skill {live['skill']:+.2f}, 80 % coverage {live['coverage']:.2f}"
+                if live.get("skill") is not None and live.get("coverage") is not None
+                else ""
+            )
             lines.append(
                 f"  {stream.name:28s} MAE {summary['mae']:>8g} {stream.kind.unit:5s} "
                 f"naive {summary['naive_mae']:>8g}  ratio {summary['relative_mae']:.2f}"
+                + agent_says
             )
         if accuracy["relative_mae"] is not None:
             verdict = "beats" if accuracy["beats_naive"] else "does not beat"
@@ -241,6 +340,7 @@ def _plot(report: DemoReport, path: Path) -> None:
         axes.plot(hours[after], means[after], "k.", ms=4, label="what came next")
         axes.axvline((forecast.grid_end - epoch) / HOUR, color="tab:blue", ls=":", lw=1)
         _mark_alerts(axes, report, stream)
+        _mark_anomalies(axes, report, stream)
         score = report.scores.get(stream.name, {}).get(FAN_HEAD)
         summary = score.summary() if score else {}
         title = f"{stream.name} ({stream.kind.unit})"
@@ -280,6 +380,27 @@ def _mark_alerts(axes: Any, report: DemoReport, stream: SimStream) -> None:
         thresholds.add(alert.threshold)
     for threshold in thresholds:
         axes.axhline(threshold, color="tab:red", ls=":", lw=1)
+
+
+def _mark_anomalies(axes: Any, report: DemoReport, stream: SimStream) -> None:
+    """Raised anomalies as red triangles along the top, cleared as green ones; the injected
+    fault's span shaded."""
+    if stream.anomaly is not None:
+        fault = stream.anomaly
+        axes.axvspan(fault.start_s / HOUR, fault.end_s / HOUR, color="tab:orange", alpha=0.08)
+    for event in report.anomalies:
+        if event.stream != stream.name or event.state not in ("raised", "cleared"):
+            continue
+        raised = event.state == "raised"
+        axes.plot(
+            report.site_t(event.ts) / HOUR,
+            0.97,
+            "v" if raised else "^",
+            color="tab:red" if raised else "tab:green",
+            ms=7,
+            transform=axes.get_xaxis_transform(),
+            label=f"anomaly {event.state}",
+        )
 
 
 def _plot_ratios(axes: Any, report: DemoReport) -> None:

@@ -112,7 +112,12 @@ def _run(
         if not agent.link.wait_connected(15):
             raise DemoError(f"the agent could not connect to the broker at {url}")
         listener = connect_client(host, port, f"{run_id}-dashboard", external)
-        observer = Observer(listener, settings.topics.forecasts, settings.topics.alerts)
+        observer = Observer(
+            listener,
+            settings.topics.forecasts,
+            settings.topics.alerts,
+            settings.quality.anomalies.topic,
+        )
         publisher_client = connect_client(host, port, f"{run_id}-site", external)
         publisher = SitePublisher(streams, clock, publisher_client, settings.topics.sensors)
         history = publisher.publish_history()
@@ -135,7 +140,8 @@ def _run(
             view.close()
         agent.stop()
         if external and publisher_client is not None:
-            _clear_retained(publisher_client, settings.topics.forecasts, streams)
+            prefixes = (settings.topics.forecasts, settings.quality.anomalies.topic)
+            _clear_retained(publisher_client, prefixes, streams)
         for client in (listener, publisher_client):
             if client is not None:
                 client.disconnect()
@@ -201,6 +207,8 @@ def _snapshot(
 ) -> dashboard.Snapshot:
     metrics = agent.metrics.snapshot()
     alerts = observer.alerts()
+    anomalies = observer.anomalies()
+    newest_anomaly = {event.stream: event for event in anomalies}
     views = []
     for k, stream in enumerate(publisher.streams):
         sent = ~np.isnan(publisher.sent_at[k])
@@ -222,6 +230,7 @@ def _snapshot(
                 history=history,
                 forecast=observer.latest(stream.name),
                 alerts=newest,
+                anomaly=newest_anomaly.get(stream.name),
             )
         )
     tick = metrics["forecast_tick_s"]
@@ -239,6 +248,7 @@ def _snapshot(
         tick_ms=tick_ms,
         streams=views,
         alert_log=[(_clock(a.issued_at - clock.epoch), a) for a in alerts],
+        anomaly_log=[(_clock(a.ts - clock.epoch), a) for a in anomalies],
     )
 
 
@@ -259,10 +269,12 @@ def _clock(t: float) -> str:
     return f"day {day + 1} {minute // 60:02d}:{minute % 60:02d}"
 
 
-def _clear_retained(client, forecasts_prefix: str, streams: list[SimStream]) -> None:
-    """Empty retained payloads delete the run's forecasts from a shared broker."""
+def _clear_retained(client, prefixes: tuple[str, ...], streams: list[SimStream]) -> None:
+    """Empty retained payloads delete the run's forecasts and anomalies from a shared
+    broker."""
     sent = [
-        client.publish(f"{forecasts_prefix}/{stream.name}", b"", qos=1, retain=True)
+        client.publish(f"{prefix}/{stream.name}", b"", qos=1, retain=True)
+        for prefix in prefixes
         for stream in streams
     ]
     for info in sent:
@@ -296,6 +308,7 @@ def _build_report(
         published=published,
         forecasts={s.name: observer.forecasts(s.name) for s in streams},
         alerts=observer.alerts(),
+        anomalies=observer.anomalies(),
         scores=per_stream,
         metrics=metrics,
         finished_t=finished_t,

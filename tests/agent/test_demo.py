@@ -190,6 +190,7 @@ def test_without_matplotlib_the_json_is_written_and_the_png_explained(tmp_path, 
         published={s.name: Published(s.t, s.values, s.send_t) for s in streams},
         forecasts={},
         alerts=[],
+        anomalies=[],
         scores={},
         metrics={},
         finished_t=900.0,
@@ -228,6 +229,20 @@ def test_the_demo_forecasts_every_stream_raises_and_clears_alerts_and_beats_naiv
     alerts = report["alert_summary"]
     assert alerts["raised"] >= 1
     assert alerts["raised_then_cleared"], report["alerts"]
+    # The injected faults come out as anomalies in the first bin or two that hold them; at the
+    # default level (a one-sided tail probability of 1e-3 per bin) 12 streams over ~20 bins
+    # may raise one other.
+    detection = report["anomaly_detection"]
+    assert set(detection["faults"]) == {"server-room/temperature", "line-1/vibration"}
+    for name, fault in detection["faults"].items():
+        assert fault["delay_bins"] in (1, 2), (name, report["anomalies"])
+    assert detection["other_raised"] <= 1, report["anomalies"]
+    assert "anomalies: cooling failure on server-room/temperature raised" in done.stdout
+    # The agent's own live skill and coverage reach the report from its payloads.
+    live = streams["roof/outdoor_temp"]["live_skill"]["8"]
+    assert live["n"] > 0
+    assert 0 < live["skill"] <= 1  # a smooth daily cycle: the model beats the last value
+    assert 0.3 <= live["coverage"] <= 1
     accuracy = report["accuracy"]
     assert accuracy["headline_horizon"] == 64
     assert accuracy["beats_naive"] is True

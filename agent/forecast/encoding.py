@@ -92,19 +92,31 @@ class PayloadEncoder:
             # [rows, levels, steps], C-contiguous: each level of a row is one array to orjson.
             columns[h] = np.ascontiguousarray(round_significant(q, self._digits).transpose(0, 2, 1))
         issued_at = round(now, 3)
+        times = {}
+        if self._with_ts:
+            ends = np.fromiter((row.grid_end for row in rows), np.float64, len(rows))[:, None]
+            spacing = np.fromiter((row.interval_s for row in rows), np.float64, len(rows))[:, None]
+            times = {h: np.round(ends + spacing * self._steps[h], 6) for h in self._horizons}
+        keys, heads = self._level_keys, [(str(h), h) for h in self._horizons]
         payloads = []
         for i, row in enumerate(rows):
-            horizons = {
-                str(h): {
-                    "ts": np.round(row.grid_end + row.interval_s * self._steps[h], 6),
-                    "median": medians[h][i],
-                    "quantiles": dict(zip(self._level_keys, columns[h][i], strict=True)),
+            if self._with_ts:
+                horizons = {
+                    name: {
+                        "ts": times[h][i],
+                        "median": medians[h][i],
+                        "quantiles": dict(zip(keys, columns[h][i], strict=True)),
+                    }
+                    for name, h in heads
                 }
-                for h in self._horizons
-            }
-            if not self._with_ts:
-                for steps in horizons.values():
-                    del steps["ts"]
+            else:
+                horizons = {
+                    name: {
+                        "median": medians[h][i],
+                        "quantiles": dict(zip(keys, columns[h][i], strict=True)),
+                    }
+                    for name, h in heads
+                }
             payload = {
                 "stream": str(row.stream),
                 "model_version": model_version,

@@ -21,18 +21,32 @@ class OutputHealth:
     crossing_share: dict[str, float] = field(default_factory=dict)  # head -> worst run's share
 
     def observe(self, outputs: dict[str, np.ndarray], horizons: tuple[int, ...]) -> None:
-        for horizon in horizons:
+        """One model run's outputs."""
+        self.observe_runs({h: outputs[output_name(h)] for h in horizons}, None)
+
+    def observe_runs(self, quantiles: dict[int, np.ndarray], run_rows: int | None) -> None:
+        """The raw quantiles (`[rows, h, levels]` per head) of consecutive model runs of
+        `run_rows` rows each (None: one run), judged run by run in a few numpy calls."""
+        rows = len(next(iter(quantiles.values())))
+        size = rows if run_rows is None else run_rows
+        starts = np.arange(0, rows, size)
+        per_run = np.diff(np.append(starts, rows))
+        for horizon, q in quantiles.items():
             name = output_name(horizon)
-            values = np.asarray(outputs[name], dtype=np.float64)
+            values = np.asarray(q, dtype=np.float64)
             finite = np.isfinite(values).all(axis=(1, 2))
             self.non_finite[name] = self.non_finite.get(name, 0) + int(np.count_nonzero(~finite))
-            if not finite.all():
-                continue  # crossings of NaN say nothing
             # A relative slack: float rounding of two equal quantiles is not a crossing.
-            slack = 1e-6 * (1.0 + np.abs(values).max(axis=-1, keepdims=True))
-            crossed = float((np.diff(values, axis=-1) < -slack).any(axis=-1).mean())
-            self.crossing_share[name] = max(self.crossing_share.get(name, 0.0), crossed)
-        self.rows += len(next(iter(outputs.values())))
+            with np.errstate(invalid="ignore"):
+                slack = 1e-6 * (1.0 + np.abs(values).max(axis=-1, keepdims=True))
+                crossed = (np.diff(values, axis=-1) < -slack).any(axis=-1).sum(axis=1)
+            whole = np.add.reduceat(finite.astype(np.int64), starts) == per_run
+            if not whole.any():
+                continue  # crossings of NaN say nothing
+            shares = np.add.reduceat(crossed, starts) / (per_run * values.shape[1])
+            worst = float(shares[whole].max())
+            self.crossing_share[name] = max(self.crossing_share.get(name, 0.0), worst)
+        self.rows += rows
 
     def problem(self, max_crossing_share: float) -> tuple[str, str] | None:
         """Why these outputs are unhealthy, as (reason, detail), or None: non-finite values,
@@ -59,9 +73,14 @@ class TickOutcome:
     expert_load: np.ndarray | None = None  # summed over the runs whose load was finite
     expert_load_runs: int = 0
 
-    def observe_run(self, outputs: dict[str, np.ndarray], horizons: tuple[int, ...]) -> None:
+    def observe_run(
+        self, outputs: dict[str, np.ndarray], horizons: tuple[int, ...], health: bool = True
+    ) -> None:
+        """One model run; `health=False` when the caller judges the outputs of several runs
+        at once (`OutputHealth.observe_runs`)."""
         self.runs += 1
-        self.health.observe(outputs, horizons)
+        if health:
+            self.health.observe(outputs, horizons)
         load = outputs.get(EXPERT_LOAD_NAME)
         if load is None:
             return

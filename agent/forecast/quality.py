@@ -102,7 +102,7 @@ class QualityMonitor:
         self._last_recorded = np.empty((0, 0))
         self.anomalies = AnomalyStates()
         self.skill = SkillBook(0, self.config.skill_window)
-        self.calibrator = Calibrator(0, np.empty(0), self.config.calibration_rate)
+        self.calibrator = Calibrator((), np.empty(0), self.config.calibration_rate)
         self.pending = PendingSteps(0)
         self.counters: Counter[str] = Counter()
         self._issued: list[_Issued] = []
@@ -477,7 +477,7 @@ class QualityMonitor:
         heads = len(horizons)
         self.skill = SkillBook(heads, self.config.skill_window, self._capacity)
         self.calibrator = Calibrator(
-            heads, self._levels, self.config.calibration_rate, self._capacity
+            self._horizons, self._levels, self.config.calibration_rate, self._capacity
         )
         self.pending = PendingSteps(self._levels.size)
         self._last_recorded = np.full((self._capacity, heads), np.nan)

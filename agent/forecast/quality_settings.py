@@ -53,7 +53,8 @@ class QualitySettings(_Section):
     skill_window: int = Field(default=500, ge=1)
     calibrate: bool = True  # adapt published quantiles so their coverage meets their levels
     # Step size of the calibration (adaptive conformal inference on the log of each level's
-    # distance from the median): larger adapts faster and fluctuates more.
+    # distance from the median), per scored step of the 1-step head; an h-step head takes
+    # rate / sqrt(h) per step. Larger adapts faster and fluctuates more.
     calibration_rate: float = Field(default=0.05, gt=0, le=1)
     raw_quantiles: bool = False  # also publish the model's uncalibrated quantiles
     save_interval_s: float = Field(default=300.0, gt=0)  # summaries written to SQLite this often

@@ -323,3 +323,19 @@ def test_evicted_streams_lose_their_retained_anomaly_and_home_assistant_entities
     again.registry, again.k = replay.registry, replay.k
     again.step({kept: 20.0})
     assert [m for m in again.link.published if m["payload"] is None] == []
+
+
+def test_long_heads_calibrate_by_rate_over_root_h_per_step() -> None:
+    # A forecast's h steps are scored one by one but are not independent trials: each step of
+    # the 64-step head moves its factor an eighth as far as a step of the 1-step head.
+    from moecast.agent.forecast.calibration import Calibrator
+
+    levels = np.array(LEVELS)
+    calibrator = Calibrator((1, 64), levels, rate=0.05, capacity=1)
+    quantiles = np.tile(np.asarray(Z), (2, 1))  # a value of 5 misses every upper level
+    calibrator.update(np.array([0, 0]), np.array([0, 1]), quantiles, np.array([5.0, 5.0]))
+    short, long = calibrator.log_scale[0]
+    upper = levels > 0.5
+    np.testing.assert_allclose(short[upper], 0.05 * levels[upper])  # miss - target = t
+    np.testing.assert_allclose(long[upper], 0.05 / 8 * levels[upper])
+    np.testing.assert_allclose(short[~upper & (levels < 0.5)], -0.05 * levels[levels < 0.5])

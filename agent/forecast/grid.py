@@ -10,6 +10,7 @@ interval that ends at the label. Empty bins are NaN, which the model treats as m
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,3 +75,39 @@ def to_grid(
     counts = np.bincount(index, minlength=length)
     means = np.divide(sums, counts, out=np.full(length, np.nan), where=counts > 0)
     return float(last_bin * interval_s), means.astype(np.float32)
+
+
+def to_grids(
+    series: Sequence[tuple[np.ndarray, np.ndarray]],
+    intervals_s: Sequence[float],
+    lengths: Sequence[int],
+) -> tuple[list[float], list[np.ndarray]]:
+    """`to_grid` of many streams at once, each up to its newest reading: one bincount for
+    all of them instead of a round of numpy calls per stream (the tick grids every due stream).
+    Every stream needs at least one reading. Same arithmetic, in the same order, as `to_grid`,
+    so the grids are identical."""
+    n = len(series)
+    if n == 0:
+        return [], []
+    intervals = np.asarray(intervals_s, dtype=np.float64)
+    sizes = np.fromiter((ts.size for ts, _ in series), np.intp, n)
+    if not (np.isfinite(intervals).all() and (intervals > 0).all()):
+        raise ValueError("every interval_s must be positive and finite")
+    if (sizes == 0).any():
+        raise ValueError("every stream needs a reading: the grid has no position")
+    length = np.asarray(lengths, dtype=np.intp)
+    ts = np.concatenate([t for t, _ in series]).astype(np.float64, copy=False)
+    values = np.concatenate([v for _, v in series]).astype(np.float64, copy=False)
+    starts = np.cumsum(sizes) - sizes
+    last_bin = np.ceil(np.maximum.reduceat(ts, starts) / intervals)
+    owner = np.repeat(np.arange(n), sizes)
+    position = np.ceil(ts / intervals[owner]) - (last_bin - length + 1)[owner]
+    inside = (position >= 0) & (position < length[owner]) & np.isfinite(values)
+    offsets = np.cumsum(length) - length
+    flat = (offsets[owner] + position)[inside].astype(np.intp)
+    total = int(length.sum())
+    sums = np.bincount(flat, weights=values[inside], minlength=total)
+    counts = np.bincount(flat, minlength=total)
+    means = np.divide(sums, counts, out=np.full(total, np.nan), where=counts > 0)
+    grids = np.split(means.astype(np.float32), offsets[1:])
+    return (last_bin * intervals).tolist(), grids

@@ -26,14 +26,13 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from moecast.agent.forecast.alerts import AlertRule, AlertTracker
 from moecast.agent.forecast.encoding import PayloadEncoder
-from moecast.agent.forecast.grid import detect_interval, to_grid
+from moecast.agent.forecast.grid import detect_interval, to_grids
 from moecast.agent.forecast.outcome import TickOutcome
 from moecast.agent.forecast.quality import QualityMonitor
 from moecast.agent.ingest.readings import StreamId
@@ -104,6 +103,7 @@ class Forecaster:
         self.settings = settings
         self._model = _Model(bundle, settings.forecast.payload == "compact")
         self._detected_intervals: dict[StreamId, float] = {}
+        self._rules: dict[StreamId, StreamRule | None] = {}
         self.alerts = AlertTracker()
         # Live skill, calibrated quantiles, anomalies, Home Assistant (forecast.quality).
         self.quality = QualityMonitor(settings, self._stale_after)
@@ -141,7 +141,7 @@ class Forecaster:
         model = self._model
         outcome = TickOutcome(model.version)
         skipped = outcome.skipped
-        rows = list(self._due_rows(context, model.context_length, skipped))
+        rows = self._due_rows(context, model.context_length, skipped)
         self.quality.observe(rows, model.horizons, model.levels, context)
         inference_s = 0.0
         forecast = 0
@@ -225,17 +225,21 @@ class Forecaster:
 
     def _due_rows(
         self, context: TickContext, context_length: int, skipped: Counter[str]
-    ) -> Iterator[GridRow]:
+    ) -> list[GridRow]:
         settings = self.settings.forecast
         on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
         streams = context.registry.streams()
+        due: list[tuple[StreamId, StreamRule | None, bool]] = []
+        series: list[tuple[np.ndarray, np.ndarray]] = []
+        intervals: list[float] = []
+        lengths: list[int] = []
         for stream in streams:
             snapshot = context.registry.snapshot(stream)
             arrival = context.registry.last_arrival(stream)
             if snapshot is None or snapshot[0].size == 0 or arrival is None:
                 continue
-            ts, values = snapshot
-            rule = self.settings.rule_for(stream)
+            ts = snapshot[0]
+            rule = self._rule(stream)
             interval = self._interval(stream, ts, rule.interval_s if rule else "auto")
             if interval is None:
                 self._skip(stream, skipped, "no_interval", "")
@@ -252,19 +256,37 @@ class Forecaster:
                 skipped["unchanged"] += 1
                 continue
             wanted = rule.context_points if rule and rule.context_points else context_length
-            grid_end, grid = to_grid(ts, values, interval, min(wanted, context_length))
+            due.append((stream, rule, unchanged))
+            series.append(snapshot)
+            intervals.append(interval)
+            lengths.append(min(wanted, context_length))
+        rows = []
+        ends, grids = to_grids(series, intervals, lengths)
+        for (stream, rule, unchanged), interval, grid_end, grid in zip(
+            due, intervals, ends, grids, strict=True
+        ):
             observed = int(np.count_nonzero(~np.isnan(grid)))
             if observed < settings.min_observed_bins:
                 self._skip(stream, skipped, "too_few_points", f"{observed} of {grid.size} bins")
                 continue
             low, high = _bounds(rule)
             alerts = rule.alerts if rule else []
-            yield GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
+            rows.append(GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged))
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)
             self._published = {s: p for s, p in self._published.items() if s in live}
             self._skip_logged = {s: r for s, r in self._skip_logged.items() if s in live}
+            self._rules = {s: r for s, r in self._rules.items() if s in live}
+        return rows
+
+    def _rule(self, stream: StreamId) -> StreamRule | None:
+        """The stream's rule, looked up once (the settings do not change while running)."""
+        try:
+            return self._rules[stream]
+        except KeyError:
+            rule = self._rules[stream] = self.settings.rule_for(stream)
+            return rule
 
     def _unchanged(self, stream: StreamId, grid_end: float, now: float) -> bool:
         """Whether the forecast already published for `stream` has this origin and model and

@@ -122,3 +122,30 @@ def test_invalid_arguments(ts: np.ndarray, interval: float, length: int, message
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shape"):
         to_grid(TS, VALUES[:-1], 10.0, 3)
+
+
+def test_many_streams_gridded_at_once_equal_each_gridded_alone() -> None:
+    from moecast.agent.forecast.grid import to_grids
+
+    rng = np.random.default_rng(1)
+    series, intervals, lengths = [], [], []
+    for _ in range(40):
+        n = int(rng.integers(1, 300))
+        ts = np.sort(1.7e9 + np.cumsum(rng.exponential(rng.uniform(1, 100), n)))
+        ts[rng.random(n) < 0.1] = ts[0]  # repeated timestamps
+        values = rng.normal(size=n)
+        values[rng.random(n) < 0.1] = np.nan
+        series.append((np.sort(ts), values))
+        intervals.append(float(rng.choice([0.5, 1.0, 37.0, 60.0])))
+        lengths.append(int(rng.integers(1, 200)))
+    ends, grids = to_grids(series, intervals, lengths)
+    for (ts, values), interval, length, end, grid in zip(
+        series, intervals, lengths, ends, grids, strict=True
+    ):
+        alone_end, alone = to_grid(ts, values, interval, length)
+        assert end == alone_end
+        assert grid.dtype == np.float32
+        np.testing.assert_array_equal(grid, alone)  # NaN where NaN, bit for bit elsewhere
+    assert to_grids([], [], []) == ([], [])
+    with pytest.raises(ValueError, match="needs a reading"):
+        to_grids([(np.empty(0), np.empty(0))], [60.0], [4])

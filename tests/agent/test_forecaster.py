@@ -271,6 +271,17 @@ def test_rounding_keeps_six_significant_digits() -> None:
     ]
 
 
+def test_rounding_small_values_the_fast_way_equals_the_general_way() -> None:
+    # Below 10**6 every value takes the table path; one value above sends the whole array
+    # down the general path, which must give the same digits.
+    rng = np.random.default_rng(0)
+    for scale in (1e-30, 1e-3, 1.0, 1e5):
+        values = rng.normal(size=200) * scale
+        general = _round_significant(np.append(values, 1e12))[:-1]
+        np.testing.assert_array_equal(_round_significant(values), general)
+    assert _round_significant(np.float64(3.14159265)) == 3.14159
+
+
 def test_the_median_is_the_middle_level_or_interpolated() -> None:
     assert _median_weights(np.array([0.1, 0.5, 0.9])).tolist() == [0.0, 1.0, 0.0]
     assert _median_weights(np.array([0.1, 0.4, 0.6, 0.9])) == pytest.approx([0, 0.5, 0.5, 0])

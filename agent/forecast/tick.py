@@ -256,22 +256,34 @@ class Forecaster:
                 skipped["unchanged"] += 1
                 continue
             wanted = rule.context_points if rule and rule.context_points else context_length
+            length = min(wanted, context_length)
+            # Only the readings the grid's bins hold (and one bin more, against rounding),
+            # copied: a stream's buffer holds up to `limits.streams.max_points` (2048)
+            # readings, and a tick holds every due stream's. Buffers are in time order.
+            first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
             due.append((stream, rule, unchanged))
-            series.append(snapshot)
+            series.append((ts[first:].copy(), snapshot[1][first:].copy()))
             intervals.append(interval)
-            lengths.append(min(wanted, context_length))
+            lengths.append(length)
+            del snapshot, ts
         rows = []
-        ends, grids = to_grids(series, intervals, lengths)
-        for (stream, rule, unchanged), interval, grid_end, grid in zip(
-            due, intervals, ends, grids, strict=True
-        ):
-            observed = int(np.count_nonzero(~np.isnan(grid)))
-            if observed < settings.min_observed_bins:
-                self._skip(stream, skipped, "too_few_points", f"{observed} of {grid.size} bins")
-                continue
-            low, high = _bounds(rule)
-            alerts = rule.alerts if rule else []
-            rows.append(GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged))
+        for start in range(0, len(due), BLOCK):  # bounds the gridding's temporary arrays
+            part = slice(start, start + BLOCK)
+            ends, grids = to_grids(series[part], intervals[part], lengths[part])
+            for (stream, rule, unchanged), interval, grid_end, grid in zip(
+                due[part], intervals[part], ends, grids, strict=True
+            ):
+                observed = int(np.count_nonzero(~np.isnan(grid)))
+                if observed < settings.min_observed_bins:
+                    detail = f"{observed} of {grid.size} bins"
+                    self._skip(stream, skipped, "too_few_points", detail)
+                    continue
+                low, high = _bounds(rule)
+                alerts = rule.alerts if rule else []
+                rows.append(
+                    GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
+                )
+            series[part] = [()] * len(series[part])  # type: ignore[list-item]
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)

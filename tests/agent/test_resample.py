@@ -149,3 +149,39 @@ def test_many_streams_gridded_at_once_equal_each_gridded_alone() -> None:
     assert to_grids([], [], []) == ([], [])
     with pytest.raises(ValueError, match="needs a reading"):
         to_grids([(np.empty(0), np.empty(0))], [60.0], [4])
+
+
+def test_the_tick_grids_a_long_irregular_history_as_to_grid_does(tmp_path) -> None:
+    # The tick keeps only the readings its bins hold (a buffer has up to 2048); the grid must
+    # be the one to_grid makes from the whole history.
+    from collections import Counter
+
+    from moecast.agent.forecast.tick import Forecaster
+    from moecast.agent.ingest.readings import Reading, StreamId
+    from moecast.agent.ingest.streams import StreamRegistry
+    from moecast.agent.ops.metrics import AgentMetrics
+    from moecast.agent.runtime import TickContext
+    from moecast.agent.settings import load_settings
+
+    from tests.agent.quality_kit import FakeBundle
+
+    rng = np.random.default_rng(2)
+    settings = load_settings(
+        None, storage_dir=tmp_path, streams=[{"pattern": "*", "interval_s": 7.0}]
+    )
+    fc = Forecaster(FakeBundle(), settings)  # type: ignore[arg-type]
+    registry = StreamRegistry()
+    histories = {}
+    for k in range(5):
+        ts = 1.7e9 + np.cumsum(rng.exponential(3.0, 1500))
+        values = rng.normal(size=ts.size)
+        stream = StreamId("dev", f"s{k}")
+        registry.insert(stream, [Reading(t, v) for t, v in zip(ts, values, strict=True)], ts[-1])
+        histories[stream] = registry.snapshot(stream)
+    context = TickContext(ts[-1] + 1, settings, registry, None, AgentMetrics())  # type: ignore[arg-type]
+    rows = fc._due_rows(context, 128, Counter())
+    assert len(rows) == 5
+    for row in rows:
+        end, grid = to_grid(*histories[row.stream], 7.0, 128)
+        assert row.grid_end == end
+        np.testing.assert_array_equal(row.values, grid)

@@ -110,6 +110,14 @@ def main() -> None:
             "skill sums": sum(getattr(skill, f)[: args.streams].nbytes for f in skill.FIELDS)
             / args.streams,
             "calibration": quality.calibrator.log_scale[: args.streams].nbytes / args.streams,  # type: ignore[attr-defined]
+            "anomaly state and last recorded": (
+                sum(
+                    getattr(quality.anomalies, f)[: args.streams].nbytes  # type: ignore[attr-defined]
+                    for f in ("raised", "inside_run", "stale")
+                )
+                + quality._last_recorded[: args.streams].nbytes  # type: ignore[attr-defined]
+            )
+            / args.streams,
         }
         for name, value in per_stream.items():
             print(f"{name}: {value:.0f} B per stream")

@@ -261,6 +261,7 @@ class QualityMonitor:
                 quantiles,
             )
         )
+        self._dirty[slots[~self._forecast[slots]]] = True  # first forecast: worth a save
         self._forecast[slots] = True
         # Rows of arrays computed once per tick for every stream; orjson writes NaN as null.
         summary, counts = self._payload_summary, self.skill.count

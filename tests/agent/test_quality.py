@@ -282,6 +282,18 @@ def test_a_clean_stop_saves_what_the_last_ticks_scored(tmp_path: Path) -> None:
     replay.fc.close()
     [state] = store.load_states().values()
     store.close()
+    # A stream forecast but not yet scored is saved too (it is known as forecast, for the
+    # stale report after a restart).
+    other = Replay(Forecaster(bundle, settings_for(tmp_path / "other", save_interval_s=1e9)))  # type: ignore[arg-type]
+    for k in range(9):  # the first forecast comes with the 8th bin; nothing scored yet
+        other.step({stream: 20.0 + k % 3})
+    assert int(other.fc.quality.skill.summary()["n"][0, 0]) == 0
+    other.fc.close()
+    other_store = QualityStore(tmp_path / "other" / QUALITY_DB)
+    [saved] = other_store.load_states().values()
+    other_store.close()
+    assert saved["forecast"] is True
+
     restarted = Forecaster(bundle, settings)  # type: ignore[arg-type]
     again = Replay(restarted)
     again.registry, again.k = replay.registry, replay.k

@@ -22,7 +22,7 @@ from moecast.agent.demo.config import INTERVAL_S
 from moecast.agent.demo.dashboard import SKILL_HEAD
 from moecast.agent.demo.evaluate import HeadScore, Published, bin_series, summarise
 from moecast.agent.demo.observer import AlertRecord, AnomalyRecord, ForecastRecord
-from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, Anomaly, SimStream
+from moecast.agent.demo.site import HOUR, LIVE_STARTS_AT_HOUR, SimStream
 
 if TYPE_CHECKING:
     from moecast.agent.demo.publisher import SiteClock
@@ -127,45 +127,36 @@ class DemoReport:
     def anomaly_detection(self) -> dict[str, Any]:
         """Per injected fault, the first `raised` anomaly on its stream from its start on and
         the delay; every other `raised` event is counted as false."""
-        faults: dict[str, dict[str, Any]] = {}
-        detected: set[int] = set()
-        raised = [(i, e) for i, e in enumerate(self.anomalies) if e.state == "raised"]
-        for stream in self.streams:
-            fault = stream.anomaly
-            if fault is None:
-                continue
-            # The bin whose end is the first after the fault's start holds its first readings.
-            first = [
-                (i, e)
-                for i, e in raised
-                if e.stream == stream.name
-                and fault.start_s <= self.site_t(e.ts) <= fault.end_s + INTERVAL_S
-            ]
-            entry: dict[str, Any] = {
+        faults = {s.name: s.anomaly for s in self.streams if s.anomaly is not None}
+
+        def in_fault(event: AnomalyRecord) -> bool:
+            # From the fault's start (the first bin ending after it holds its first readings)
+            # to one bin after its end (the return to normal is a change too).
+            fault = faults.get(event.stream)
+            t = self.site_t(event.ts)
+            return fault is not None and fault.start_s <= t <= fault.end_s + INTERVAL_S
+
+        raised = [e for e in self.anomalies if e.state == "raised"]
+        hits = [e for e in raised if in_fault(e)]
+        entries: dict[str, dict[str, Any]] = {}
+        for name, fault in faults.items():
+            first = min((e for e in hits if e.stream == name), key=lambda e: e.ts, default=None)
+            at = None if first is None else self.site_t(first.ts)
+            entries[name] = {
                 "fault": fault.description,
                 "start_site_hours": round(fault.start_s / HOUR, 3),
                 "end_site_hours": round(fault.end_s / HOUR, 3),
-                "first_raised_site_hours": None,
-                "delay_bins": None,
+                "first_raised_site_hours": None if at is None else round(at / HOUR, 3),
+                "delay_bins": None
+                if at is None
+                else math.ceil((at - fault.start_s) / INTERVAL_S - 1e-9),
             }
-            if first:
-                i, event = min(first, key=lambda pair: pair[1].ts)
-                detected.add(i)
-                delay = self.site_t(event.ts) - fault.start_s
-                entry["first_raised_site_hours"] = round(self.site_t(event.ts) / HOUR, 3)
-                entry["delay_bins"] = math.ceil(delay / INTERVAL_S - 1e-9)
-            faults[stream.name] = entry
-        in_fault = {
-            i
-            for i, e in raised
-            if (fault := self._fault(e.stream)) is not None
-            and fault.start_s <= self.site_t(e.ts) <= fault.end_s + INTERVAL_S
-        }
+        others = [e for e in raised if not in_fault(e)]
         return {
-            "faults": faults,
-            "detected": sum(entry["delay_bins"] is not None for entry in faults.values()),
-            "other_raised": len(raised) - len(in_fault),
-            "other_raised_streams": sorted({e.stream for i, e in raised if i not in in_fault}),
+            "faults": entries,
+            "detected": sum(entry["delay_bins"] is not None for entry in entries.values()),
+            "other_raised": len(others),
+            "other_raised_streams": sorted({e.stream for e in others}),
             "method": (
                 "a fault counts as detected by the first raised anomaly event on its stream "
                 "for a bin ending between the fault's start and one bin after its end; "
@@ -174,12 +165,6 @@ class DemoReport:
                 "counted in other_raised"
             ),
         }
-
-    def _fault(self, name: str) -> Anomaly | None:
-        for stream in self.streams:
-            if stream.name == name:
-                return stream.anomaly
-        return None
 
     def _alert_json(self, alert: AlertRecord) -> dict[str, Any]:
         return {

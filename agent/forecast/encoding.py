@@ -101,7 +101,7 @@ class PayloadEncoder:
             # [rows, levels, steps], C-contiguous: each level of a row is one array to orjson.
             columns[h] = np.ascontiguousarray(round_significant(q, self._digits).transpose(0, 2, 1))
         issued_at = round(now, 3)
-        times = {}
+        times: dict[int, np.ndarray] = {}  # each step's time, unless compact
         if self._with_ts:
             ends = np.fromiter((row.grid_end for row in rows), np.float64, len(rows))[:, None]
             spacing = np.fromiter((row.interval_s for row in rows), np.float64, len(rows))[:, None]
@@ -109,23 +109,14 @@ class PayloadEncoder:
         keys, heads = self._level_keys, [(str(h), h) for h in self._horizons]
         payloads = []
         for i, row in enumerate(rows):
-            if self._with_ts:
-                horizons = {
-                    name: {
-                        "ts": times[h][i],
-                        "median": medians[h][i],
-                        "quantiles": dict(zip(keys, columns[h][i], strict=True)),
-                    }
-                    for name, h in heads
+            horizons = {
+                name: {
+                    **({"ts": times[h][i]} if times else {}),
+                    "median": medians[h][i],
+                    "quantiles": dict(zip(keys, columns[h][i], strict=True)),
                 }
-            else:
-                horizons = {
-                    name: {
-                        "median": medians[h][i],
-                        "quantiles": dict(zip(keys, columns[h][i], strict=True)),
-                    }
-                    for name, h in heads
-                }
+                for name, h in heads
+            }
             payload = {
                 "stream": str(row.stream),
                 "model_version": model_version,

@@ -62,30 +62,22 @@ def to_grid(
     values = np.asarray(values, dtype=np.float64)
     if ts.shape != values.shape:
         raise ValueError(f"ts {ts.shape} and values {values.shape} differ in shape")
-    if end_ts is None:
-        if ts.size == 0:
-            raise ValueError("no readings and no end_ts: the grid has no position")
-        end_ts = float(ts.max())
-    last_bin = math.ceil(end_ts / interval_s)
-    # Bin numbers stay floats: exact below 2**53 and free of integer overflow on wild input.
-    position = np.ceil(ts / interval_s) - (last_bin - length + 1)
-    inside = (position >= 0) & (position < length) & np.isfinite(values)
-    index = position[inside].astype(np.intp)
-    sums = np.bincount(index, weights=values[inside], minlength=length)
-    counts = np.bincount(index, minlength=length)
-    means = np.divide(sums, counts, out=np.full(length, np.nan), where=counts > 0)
-    return float(last_bin * interval_s), means.astype(np.float32)
+    ends, grids = to_grids(
+        [(ts, values)], [interval_s], [length], None if end_ts is None else [end_ts]
+    )
+    return ends[0], grids[0]
 
 
 def to_grids(
     series: Sequence[tuple[np.ndarray, np.ndarray]],
     intervals_s: Sequence[float],
     lengths: Sequence[int],
+    ends_ts: Sequence[float] | None = None,
 ) -> tuple[list[float], list[np.ndarray]]:
-    """`to_grid` of many streams at once, each up to its newest reading: one bincount for
-    all of them instead of a round of numpy calls per stream (the tick grids every due stream).
-    Every stream needs at least one reading. Same arithmetic, in the same order, as `to_grid`,
-    so the grids are identical."""
+    """`to_grid` of many streams at once (the tick grids every due stream): one bincount for
+    all of them instead of a round of numpy calls per stream. Each stream's grid ends at the
+    bin containing its `ends_ts` entry, by default its newest reading (then every stream needs
+    one). Bin sums run in reading order, as one stream alone would have them."""
     n = len(series)
     if n == 0:
         return [], []
@@ -93,14 +85,21 @@ def to_grids(
     sizes = np.fromiter((ts.size for ts, _ in series), np.intp, n)
     if not (np.isfinite(intervals).all() and (intervals > 0).all()):
         raise ValueError("every interval_s must be positive and finite")
-    if (sizes == 0).any():
-        raise ValueError("every stream needs a reading: the grid has no position")
     length = np.asarray(lengths, dtype=np.intp)
     ts = np.concatenate([t for t, _ in series]).astype(np.float64, copy=False)
     values = np.concatenate([v for _, v in series]).astype(np.float64, copy=False)
     starts = np.cumsum(sizes) - sizes
-    last_bin = np.ceil(np.maximum.reduceat(ts, starts) / intervals)
+    if ends_ts is None:
+        if (sizes == 0).any():
+            raise ValueError(
+                "no readings and no end_ts: every stream needs a reading to place its grid"
+            )
+        newest = np.maximum.reduceat(ts, starts)
+    else:
+        newest = np.asarray(ends_ts, dtype=np.float64)
+    last_bin = np.ceil(newest / intervals)
     owner = np.repeat(np.arange(n), sizes)
+    # Bin numbers stay floats: exact below 2**53 and free of integer overflow on wild input.
     position = np.ceil(ts / intervals[owner]) - (last_bin - length + 1)[owner]
     inside = (position >= 0) & (position < length[owner]) & np.isfinite(values)
     offsets = np.cumsum(length) - length

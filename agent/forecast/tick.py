@@ -265,7 +265,6 @@ class Forecaster:
             series.append((ts[first:].copy(), snapshot[1][first:].copy()))
             intervals.append(interval)
             lengths.append(length)
-            del snapshot, ts
         rows = []
         for start in range(0, len(due), BLOCK):  # bounds the gridding's temporary arrays
             part = slice(start, start + BLOCK)
@@ -283,7 +282,6 @@ class Forecaster:
                 rows.append(
                     GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
                 )
-            series[part] = [()] * len(series[part])  # type: ignore[list-item]
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)

@@ -55,10 +55,12 @@ def _version() -> str:
         return "unknown"
 
 
+def _node(settings: AgentSettings) -> str:
+    return safe_id(settings.homeassistant.node_id or settings.agent_id)
+
+
 def _node_and_object(settings: AgentSettings, stream: StreamId) -> tuple[str, str]:
-    return safe_id(settings.homeassistant.node_id or settings.agent_id), safe_id(
-        f"{stream.device}_{stream.sensor}"
-    )
+    return _node(settings), safe_id(f"{stream.device}_{stream.sensor}")
 
 
 def config_topics(settings: AgentSettings, stream: StreamId) -> list[str]:
@@ -212,7 +214,7 @@ class Discovery:
     def _clean(self, context: TickContext) -> None:
         """Remove what an earlier run published and this one would not."""
         config = self.config
-        node = safe_id(config.node_id or self.settings.agent_id)
+        node = _node(self.settings)
         own = re.compile(rf"^{re.escape(config.prefix)}/(sensor|binary_sensor)/{re.escape(node)}/")
         self._remove(
             context, sorted(t for t in self._published if not (config.enabled and own.match(t)))

@@ -27,6 +27,8 @@ class MoecastOutput:
     `expert_load[l, e]` is the router probability mass that layer l gave expert e, summed over
     observed tokens (each layer's row sums to the number of observed tokens);
     `expert_tokens[l, e]` counts the observed tokens that selected expert e among their top-k.
+    With `medians_from=t`, `medians[h]` `[batch, tokens - t, h]` holds each head's median from
+    every token t.. (normalised): the forecast origins the combination scores.
     """
 
     forecasts: dict[int, Tensor]
@@ -36,6 +38,7 @@ class MoecastOutput:
     expert_load: Tensor
     expert_tokens: Tensor
     token_observed: Tensor
+    medians: dict[int, Tensor] | None = None
 
 
 def observed_zscore(values: Tensor, observed: Tensor, min_scale: float = 1e-6):
@@ -320,26 +323,22 @@ def fill_forward(z: Tensor, observed: Tensor, window: int) -> tuple[Tensor, Tens
 
 @dataclass
 class Candidates:
-    """Forecasts `[batch, candidates, tokens, h]` from every token's end (normalised scale),
-    whether each is defined, and the context's value at each target (`truth`, `scored`:
-    inside the context, observed, and from a scored origin). Candidate 0 is the network,
-    1 naive, 2.. seasonal naive for each period."""
+    """The classical forecasts `[batch, 1 + periods, origins, horizon]` from every scored
+    origin's end (normalised scale) and whether each is defined, and the context's value at
+    each target (`truth` `[batch, origins, horizon]`; `scored`: inside the context, observed,
+    and from a scored origin). Candidate 0 is naive, 1.. seasonal naive for each period. The
+    origins are the tokens from `first` to the last, whose targets lie beyond the context."""
 
     forecasts: Tensor
     defined: Tensor
     truth: Tensor
     scored: Tensor
+    first: int
 
-    def head(self, network: Tensor) -> Candidates:
-        """The candidates of one head: the classical ones cut to its `h` steps, after the
-        network's median `[batch, tokens, h]` for it."""
-        h = network.shape[-1]
-        return Candidates(
-            torch.cat([network[:, None], self.forecasts[..., :h]], 1),
-            torch.cat([torch.ones_like(self.defined[:, :1, :, :h]), self.defined[..., :h]], 1),
-            self.truth[..., :h],
-            self.scored[..., :h],
-        )
+
+def first_origin(min_origin: int, patch_len: int, tokens: int) -> int:
+    """The first token whose end has `min_origin` points behind it (at most the last)."""
+    return min(max(-(-min_origin // patch_len) - 1, 0), tokens - 1)
 
 
 def classical_candidates(
@@ -351,90 +350,123 @@ def classical_candidates(
     min_origin: int,
     horizon: int,
 ) -> Candidates:
-    """Naive and seasonal naive forecasts of `horizon` steps from every token's end, with the
-    targets to score them on (`Candidates` without the network; `head` adds it). `last`
-    `[batch, tokens]` is the last observed value up to each token's end."""
+    """Naive and seasonal naive forecasts of `horizon` steps from the end of every token that
+    can be scored, with the targets to score them on. `last` `[batch, tokens]` is the last
+    observed value up to each token's end."""
     b, length = z.shape
     n = length // patch_len
+    first = first_origin(min_origin, patch_len, n)
     zero = observed[:1, :1].sum() * 0  # keeps the index tables out of the graph's constants
-    end = (torch.arange(n, device=z.device) + 1 + zero) * patch_len  # [tokens]
+    end = (torch.arange(first, n, device=z.device) + 1 + zero) * patch_len  # [origins]
     step = torch.arange(1, horizon + 1, device=z.device) + zero  # [horizon]
-    target = end[:, None] + step[None, :] - 1  # [tokens, horizon]; the last token's lie beyond
+    target = end[:, None] + step[None, :] - 1  # [origins, horizon]; the last's lie beyond
     inside = target < length
     within = target.clamp_max(length - 1)
-    # An origin is scored once it has min_origin points behind it, half of them observed.
-    seen = observed.to(z.dtype).view(b, n, patch_len).sum(-1).cumsum(-1)  # [batch, tokens]
-    origin_ok = (end >= min_origin) & (seen >= min_origin // 2)
-    scored = inside & observed[:, within] & origin_ok[..., None]
+    # An origin is scored once it has min_origin points behind it (every one from `first`
+    # on), half of them observed.
+    seen = observed.to(z.dtype).view(b, n, patch_len).sum(-1).cumsum(-1)[:, first:]
+    scored = inside & observed[:, within] & (seen >= min_origin // 2)[..., None]
 
     # Seasonal naive for step k repeats the value p * ceil(k / p) points before the target:
     # last period's, or for p < k the latest full period's. A missing one is taken a period
-    # earlier still, else filled forward over a short gap.
+    # earlier still, else filled forward over a short gap. All periods in one gather.
+    p = (torch.tensor(periods, device=z.device) + zero)[:, None, None]  # [periods, 1, 1]
+    source = target - p * ((step + p - 1) // p)  # [periods, origins, horizon]
+    earlier = (source - p).clamp_min(0)
+    both = torch.stack([source.clamp_min(0), earlier]).flatten()
+    seen_at = observed.index_select(1, both).view(b, 2, *source.shape)
+    use_earlier = ~seen_at[:, 0] & seen_at[:, 1] & (source >= p)
+    source = torch.where(use_earlier, earlier, source)  # [batch, periods, origins, horizon]
     filled, found = fill_forward(z, observed, 4 * patch_len)
-    forecasts = [last[..., None].expand(b, n, horizon)]
-    defined = [torch.ones_like(scored)]
-    for p in periods:
-        source = target - p * ((step + p - 1) // p)
-        earlier = (source - p).clamp_min(0)
-        use_earlier = ~observed[:, source.clamp_min(0)] & observed[:, earlier] & (source >= p)
-        source = torch.where(use_earlier, earlier, source)  # [batch, tokens, horizon] now
-        forecasts.append(filled.gather(1, source.clamp_min(0).flatten(1)).view(b, n, horizon))
-        defined.append(found.gather(1, source.clamp_min(0).flatten(1)).view(b, n, horizon))
-        defined[-1] &= source >= 0
-    return Candidates(torch.stack(forecasts, 1), torch.stack(defined, 1), z[:, within], scored)
+    index = source.clamp_min(0).flatten(1)
+    seasonal = filled.gather(1, index).view(source.shape)
+    defined = found.gather(1, index).view(source.shape) & (source >= 0)
+    naive = last[:, None, first:, None].expand(b, 1, n - first, horizon)
+    return Candidates(
+        torch.cat([naive, seasonal], 1),
+        torch.cat([torch.ones_like(defined[:, :1]), defined], 1),
+        z[:, within],
+        scored,
+        first,
+    )
 
 
-def skill_weights(c: Candidates, power: float, min_pairs: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights `[batch, 3]` of the network, naive and the best seasonal naive, their error
-    ratios to the network (`[batch, 3]`, inf where not scored) and which period is best
-    (`[batch]`, an index into the seasonal candidates).
+def skill_weights(
+    c: Candidates, medians: Sequence[Tensor], power: float, min_pairs: Sequence[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
+    weights `[batch, heads, 3]` of the network, naive and the best seasonal naive, their
+    error ratios to the network (inf where not scored) and which period is best (`[batch,
+    heads]`, an index into the seasonal candidates).
 
     Each classical candidate is scored against the network on the same pairs (origin, step),
     those where both are defined and the context observed the target: its error ratio r is
     its absolute error summed over them over the network's. Weights are r ** -power (the
-    network's r is 1), normalised; a candidate with under `min_pairs` pairs gets none.
+    network's r is 1), normalised; a candidate with under `min_pairs` (of its head) pairs
+    gets none.
     """
-    error = (c.forecasts - c.truth[:, None]).abs()
-    pairs = c.defined[:, 1:] & c.scored[:, None]  # [batch, classical, tokens, h]
-    mine = torch.where(pairs, error[:, 1:], 0.0).sum((-2, -1))
-    network = torch.where(pairs, error[:, :1], 0.0).sum((-2, -1))
-    count = pairs.sum((-2, -1))
+    pairs = c.defined & c.scored[:, None]  # [batch, classical, origins, horizon]
+    error = torch.where(pairs, (c.forecasts - c.truth[:, None]).abs(), 0.0)
+    # A head's classical forecasts are the first h steps of the longest: its sums are
+    # running sums over the steps, read at h.
+    ends = [m.shape[-1] - 1 for m in medians]
+    mine = error.sum(-2).cumsum(-1)[..., ends]  # [batch, classical, heads]
+    count = pairs.sum(-2).cumsum(-1)[..., ends]
+    weight = pairs.to(error.dtype)
+    network = torch.stack(
+        [
+            # sum over the candidate's pairs of the network's error, as one product
+            weight[..., : m.shape[-1]].flatten(-2)
+            @ (m - c.truth[..., : m.shape[-1]]).abs().flatten(-2)[..., None]
+            for m in medians
+        ],
+        -1,
+    )[:, :, 0]
     # A floor on both sums (a hundredth of a standard deviation per pair) keeps flat
     # stretches, where everything is exact, from dividing by zero.
     floor = 1e-2 * count.to(error.dtype)
     ratio = (mine + floor) / (network + floor)
-    ratio = torch.where(count >= min_pairs, ratio, torch.inf)
-    seasonal_ratio, best = ratio[:, 1:].min(-1)
+    need = torch.tensor(list(min_pairs), device=count.device)
+    ratio = torch.where(count >= need, ratio, torch.inf)
+    seasonal_ratio, best = ratio[:, 1:].min(1)  # [batch, heads]
     ratios = torch.stack([torch.ones_like(seasonal_ratio), ratio[:, 0], seasonal_ratio], -1)
     raw = ratios.pow(-power)  # inf -> 0
     return raw / raw.sum(-1, keepdim=True), ratios, best
 
 
 def skill_combine(
-    quantiles: Tensor, c: Candidates, power: float, median: int, narrow: bool = False
-) -> Tensor:
-    """The last token's quantiles `[batch, h, n_quantiles]` (normalised) re-centred on the
-    skill-weighted median of the network, naive and the best seasonal naive.
+    quantiles: Sequence[Tensor],
+    medians: Sequence[Tensor],
+    c: Candidates,
+    power: float,
+    median: int,
+    narrow: bool = False,
+) -> list[Tensor]:
+    """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
+    the skill-weighted median of the network, naive and the best seasonal naive; `medians`
+    are the heads' network medians from `c`'s origins.
 
     The network's quantiles move with its median. With `narrow`, their spread also shrinks by
     the weighted error ratio (never widens): a mix that scored better than the network in the
     context is less uncertain than the network. Where the best seasonal naive has no value at
-    the end (a long gap), naive stands in for it.
+    the end (a long gap), naive stands in for it. A candidate needs 4 h pairs to be weighed.
     """
-    h = quantiles.shape[1]
-    weights, ratios, best = skill_weights(c, power, min_pairs=4 * h)
-    final = c.forecasts[:, :, -1]  # [batch, candidates, h]
-    defined = c.defined[:, :, -1]
-    index = (best + 2)[:, None, None].expand(-1, 1, h)
-    seasonal = final.gather(1, index)[:, 0]
-    seasonal = torch.where(defined.gather(1, index)[:, 0], seasonal, final[:, 1])
-    mix = torch.stack([final[:, 0], final[:, 1], seasonal], 1)  # [batch, 3, h]
-    centre = (weights[..., None] * mix).sum(1)
-    spread = quantiles - quantiles[..., median : median + 1]
-    if narrow:
-        shrink = torch.where(weights > 0, weights * ratios, 0.0).sum(-1).clamp_max(1.0)
-        spread = spread * shrink[:, None, None]
-    return centre[..., None] + spread
+    weights, ratios, best = skill_weights(c, medians, power, [4 * m.shape[-1] for m in medians])
+    final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
+    index = (best + 1)[..., None].expand(-1, -1, final.shape[-1])  # [batch, heads, horizon]
+    seasonal = final.gather(1, index)
+    seasonal = torch.where(c.defined[:, :, -1].gather(1, index), seasonal, final[:, :1])
+    combined = []
+    for i, q in enumerate(quantiles):
+        h = q.shape[1]
+        mix = torch.stack([q[..., median], final[:, 0, :h], seasonal[:, i, :h]], 1)
+        centre = (weights[:, i, :, None] * mix).sum(1)
+        spread = q - q[..., median : median + 1]
+        if narrow:
+            shrink = torch.where(weights[:, i] > 0, weights[:, i] * ratios[:, i], 0.0)
+            spread = spread * shrink.sum(-1).clamp_max(1.0)[:, None, None]
+        combined.append(centre[..., None] + spread)
+    return combined
 
 
 class QuantileHead(nn.Module):
@@ -447,8 +479,18 @@ class QuantileHead(nn.Module):
         # Zero at first: a checkpoint trained without the skip computes the same function.
         self.last_value_gain = nn.Parameter(torch.zeros(horizon)) if last_value_skip else None
 
-    def forward(self, h: Tensor, last: Tensor) -> Tensor:
-        """`h`: `[batch, tokens, d_model]`; `last`: `[batch, tokens]` last observed values."""
+    def forward(self, h: Tensor, last: Tensor, median_only: bool = False) -> Tensor:
+        """`h`: `[batch, tokens, d_model]`; `last`: `[batch, tokens]` last observed values.
+
+        With `median_only`, only the median `[batch, tokens, horizon]`: the projection's median
+        rows, so scoring many origins costs `horizon` outputs per token, not 9 times as many.
+        """
+        if median_only:
+            rows = slice(self.anchor, None, self.n_quantiles)
+            median = F.linear(h, self.proj.weight[rows], self.proj.bias[rows])
+            if self.last_value_gain is None:
+                return median
+            return median + self.last_value_gain * last[..., None]
         raw = self.proj(h).unflatten(-1, (self.horizon, self.n_quantiles))
         quantiles = monotone_quantiles(raw, self.anchor)
         if self.last_value_gain is None:
@@ -491,6 +533,7 @@ class MoecastModel(nn.Module):
         loc: Tensor | None = None,
         scale: Tensor | None = None,
         last_only: bool = False,
+        medians_from: int | None = None,
     ) -> MoecastOutput:
         """`values`: `[batch, length]` raw scale, NaN = missing, length a multiple of patch_len.
 
@@ -525,21 +568,30 @@ class MoecastModel(nn.Module):
         for block in self.blocks:
             x, routing = block(x, cos, sin, attn_mask, token_observed)
             routings.append(routing)
-        x = self.norm(x[:, -1:] if last_only else x)
-        last = last_observed(z, observed, cfg.patch_len)
+        # The heads read the last token, or every token; the medians, every token from
+        # `medians_from`. Nothing before the first one read is normalised.
+        start = n - 1 if last_only else 0
+        if medians_from is not None:
+            start = min(start, medians_from)
+        x = self.norm(x[:, start:])
+        last = last_observed(z, observed, cfg.patch_len)[:, start:]
+        heads = dict(zip(cfg.horizons, self.heads.values(), strict=True))
+        medians = None
+        if medians_from is not None:
+            origins = slice(medians_from - start, None)
+            medians = {h: head(x[:, origins], last[:, origins], True) for h, head in heads.items()}
         if last_only:
-            last = last[:, -1:]
+            x, last = x[:, -1:], last[:, -1:]
 
         return MoecastOutput(
-            forecasts={
-                h: head(x, last) for h, head in zip(cfg.horizons, self.heads.values(), strict=True)
-            },
+            forecasts={h: head(x, last) for h, head in heads.items()},
             loc=loc,
             scale=scale,
             balance_loss=torch.stack([r.balance_loss for r in routings]).mean(),
             expert_load=torch.stack([r.load for r in routings]),
             expert_tokens=torch.stack([r.tokens for r in routings]),
             token_observed=token_observed,
+            medians=medians,
         )
 
     @torch.no_grad()
@@ -550,7 +602,7 @@ class MoecastModel(nn.Module):
         (`hold_decode`) give the last value exactly.
         """
         cfg = self.config
-        out = self.forward(values, last_only=not cfg.skill_combine)
+        out = self.forward(values, last_only=True, medians_from=self._first_origin(values))
         empty = out.token_observed.any(-1).logical_not()[:, None, None]
         scale, loc = out.scale[:, :, None], out.loc[:, :, None]
         normalised = {h: q[:, -1] for h, q in out.forecasts.items()}
@@ -566,9 +618,20 @@ class MoecastModel(nn.Module):
             forecasts = {h: hold_decode(q, last, held[:, :h], levels) for h, q in forecasts.items()}
         return {h: torch.where(empty, torch.nan, q) for h, q in forecasts.items()}
 
+    def _min_origin(self, values: Tensor) -> int:
+        return min(self.config.combine_min_origin, values.shape[1] // 2)
+
+    def _first_origin(self, values: Tensor) -> int | None:
+        """The first token the combination scores as a forecast origin (None when off)."""
+        if not self.config.skill_combine:
+            return None
+        tokens = values.shape[1] // self.config.patch_len
+        return first_origin(self._min_origin(values), self.config.patch_len, tokens)
+
     def _combine(self, values: Tensor, out: MoecastOutput) -> dict[int, Tensor]:
         """Each head's last-token quantiles re-centred by `skill_combine` (normalised)."""
         cfg = self.config
+        assert out.medians is not None
         observed = ~torch.isnan(values)
         z = torch.where(observed, (values - out.loc) / out.scale, 0.0)
         last = last_observed(z, observed, cfg.patch_len)
@@ -579,19 +642,18 @@ class MoecastModel(nn.Module):
             last,
             cfg.patch_len,
             cfg.combine_periods,
-            min(cfg.combine_min_origin, values.shape[1] // 2),
+            self._min_origin(values),
             cfg.max_horizon,
         )
-        return {
-            h: skill_combine(
-                q[:, -1],
-                classical.head(q[..., cfg.median_index]),
-                cfg.combine_power,
-                cfg.median_index,
-                cfg.combine_narrow,
-            )
-            for h, q in out.forecasts.items()
-        }
+        combined = skill_combine(
+            [q[:, -1] for q in out.forecasts.values()],
+            list(out.medians.values()),
+            classical,
+            cfg.combine_power,
+            cfg.median_index,
+            cfg.combine_narrow,
+        )
+        return dict(zip(out.forecasts, combined, strict=True))
 
     @property
     def kept_experts(self) -> list[list[int]]:

@@ -32,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 KEEP_FLOAT = {
     "embedding": re.compile(r"^embed\."),
     "router": re.compile(r"\.ffn\.router/"),
-    "heads": re.compile(r"^heads\.(1|8)\."),
+    "heads": re.compile(r"^heads\.(1|8)[./]"),
 }
 
 

@@ -36,36 +36,43 @@ def test_fill_forward_carries_the_last_observed_value_at_most_window_minus_one_p
 def test_weights_by_hand():
     # One origin, two steps; truth 0 and 0. Network errors 1 and 1 (sum 2), naive 2 and 2
     # (sum 4), seasonal A 1 and 0 (sum 1), seasonal B undefined at step 2.
-    forecasts = torch.tensor([[[[1.0, -1.0]], [[2.0, 2.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
-    defined = torch.tensor([[[[True, True]], [[True, True]], [[True, True]], [[True, False]]]])
-    c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), torch.ones(1, 1, 2, dtype=torch.bool))
-    weights, _, best = skill_weights(c, power=2.0, min_pairs=2)
+    network = torch.tensor([[[1.0, -1.0]]])
+    forecasts = torch.tensor([[[[2.0, 2.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
+    defined = torch.tensor([[[[True, True]], [[True, True]], [[True, False]]]])
+    scored = torch.ones(1, 1, 2, dtype=torch.bool)
+    c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), scored, first=0)
+    weights, _, best = skill_weights(c, [network], power=2.0, min_pairs=[2])
     floor = 2e-2  # 1e-2 per pair, 2 pairs
     naive = (4 + floor) / (2 + floor)
     seasonal = (1 + floor) / (2 + floor)  # B has one pair, under min_pairs: not a candidate
     raw = torch.tensor([1.0, naive**-2, seasonal**-2])
-    torch.testing.assert_close(weights[0], raw / raw.sum())
-    assert best.tolist() == [0]
+    torch.testing.assert_close(weights[0, 0], raw / raw.sum())
+    assert best.tolist() == [[0]]
     # With one pair enough, B (exact on its pair, against the network's error 1) wins.
-    weights, _, best = skill_weights(c, power=2.0, min_pairs=1)
-    assert best.tolist() == [1]
+    weights, _, best = skill_weights(c, [network], power=2.0, min_pairs=[1])
+    assert best.tolist() == [[1]]
     b = (0 + 1e-2) / (1 + 1e-2)
-    assert weights[0, 2].item() == pytest.approx(b**-2 / (1 + naive**-2 + b**-2), rel=1e-5)
+    assert weights[0, 0, 2].item() == pytest.approx(b**-2 / (1 + naive**-2 + b**-2), rel=1e-5)
+    # A one-step head scores the first step only: naive 2 / 1, A 1 / 1, B 0 / 1.
+    weights, ratios, best = skill_weights(c, [network, network[..., :1]], 2.0, [1, 1])
+    assert best.tolist() == [[1, 1]]
+    torch.testing.assert_close(ratios[0, 1, 1], torch.tensor((2 + 1e-2) / (1 + 1e-2)))
 
 
 def test_power_zero_is_the_plain_mean_and_a_large_power_picks_the_best():
-    forecasts = torch.tensor([[[[1.0]], [[3.0]], [[0.5]]]])
     c = Candidates(
-        forecasts,
-        torch.ones(1, 3, 1, 1, dtype=torch.bool),
+        torch.tensor([[[[3.0]], [[0.5]]]]),
+        torch.ones(1, 2, 1, 1, dtype=torch.bool),
         torch.zeros(1, 1, 1),
         torch.ones(1, 1, 1, dtype=torch.bool),
+        first=0,
     )
-    mean = skill_weights(c, power=0.0, min_pairs=1)[0]
-    torch.testing.assert_close(mean, torch.full((1, 3), 1 / 3))
-    pick = skill_weights(c, power=64.0, min_pairs=1)[0]
-    assert pick[0].argmax() == 2
-    assert pick[0, 2] > 0.99
+    network = [torch.ones(1, 1, 1)]
+    mean = skill_weights(c, network, power=0.0, min_pairs=[1])[0]
+    torch.testing.assert_close(mean, torch.full((1, 1, 3), 1 / 3))
+    pick = skill_weights(c, network, power=64.0, min_pairs=[1])[0]
+    assert pick[0, 0].argmax() == 2
+    assert pick[0, 0, 2] > 0.99
 
 
 def test_missing_points_are_not_scored_and_not_errors():
@@ -78,14 +85,39 @@ def test_missing_points_are_not_scored_and_not_errors():
     assert not c.scored[0, 1, 1]
     assert c.scored[0, 1, 0]
     # Token 0 ends at 4: min_origin points behind it, all observed, so scored.
+    assert c.first == 0
     assert c.scored[0, 0, 0]
     # The last token's targets lie beyond the context: never scored.
     assert not c.scored[0, -1].any()
     # A huge error on an unscored pair changes no weight.
     network = z[:, 3::4, None] + torch.tensor([0.5, 0.5])  # forecasts near the truth
-    base = skill_weights(c.head(network), 2.0, 1)[0]
+    base = skill_weights(c, [network], 2.0, [1])[0]
     network[0, 1, 1] = 1e6
-    torch.testing.assert_close(skill_weights(c.head(network), 2.0, 1)[0], base)
+    torch.testing.assert_close(skill_weights(c, [network], 2.0, [1])[0], base)
+
+
+def test_origins_start_where_min_origin_points_lie_behind_them():
+    z = torch.randn(2, 64)
+    observed = torch.rand(2, 64) > 0.2
+    last = last_observed(z, observed, 4)
+    early = classical_candidates(z, observed, last, 4, (8,), min_origin=4, horizon=8)
+    late = classical_candidates(z, observed, last, 4, (8,), min_origin=16, horizon=8)
+    # Token 3 ends at point 16: the first with 16 points behind it.
+    assert late.first == 3
+    torch.testing.assert_close(late.forecasts, early.forecasts[:, :, 3:])
+    assert torch.equal(late.defined, early.defined[:, :, 3:])
+    assert torch.equal(late.truth, early.truth[:, 3:])
+    # Scored pairs are a subset: later origins also need 8 points seen, not 2.
+    assert not (late.scored & ~early.scored[:, 3:]).any()
+    assert early.scored[:, :3].any()
+
+
+def test_a_head_median_alone_is_the_median_of_its_quantiles(nano):
+    x = torch.randn(2, 128).cumsum(-1)
+    x[1, :40] = NAN
+    out = nano.forward(x, medians_from=5)
+    for h, q in out.forecasts.items():
+        torch.testing.assert_close(out.medians[h], q[:, 5:, :, nano.config.median_index])
 
 
 def test_a_clean_periodic_series_gets_seasonal_naive(nano):
@@ -113,10 +145,11 @@ def test_a_random_walk_leans_on_naive_not_on_a_season(nano):
     z = (x - out.loc) / out.scale
     last = last_observed(z, observed, 4)
     c = classical_candidates(z, observed, last, 4, model.config.combine_periods, 32, 64)
-    weights = {
-        h: skill_weights(c.head(q[..., model.config.median_index]), 2.0, 4 * h)[0][0].tolist()
-        for h, q in out.forecasts.items()
-    }
+    median = model.config.median_index
+    medians = [q[:, c.first :, :, median] for q in out.forecasts.values()]
+    horizons = model.config.horizons
+    found = skill_weights(c, medians, 2.0, [4 * h for h in horizons])[0][0].tolist()
+    weights = dict(zip(horizons, found, strict=True))
     for h, (network, naive, seasonal) in weights.items():
         # No season to repeat: the weight stays on naive and the network (which of them depends
         # on the horizon: the untrained nano forecasts about the mean, not bad far ahead).

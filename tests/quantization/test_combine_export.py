@@ -55,3 +55,14 @@ def test_onnx_matches_pytorch(combining, combining_fp32, batch):
 def test_the_combination_adds_little_to_the_file(nano_fp32, combining_fp32):
     # Index tables built from constants would be folded into the graph as int64 tensors.
     assert combining_fp32.stat().st_size < nano_fp32.stat().st_size + 64_000
+
+
+def test_the_short_heads_medians_stay_float(combining_fp32):
+    # The combination reads each head's median rows on their own (`heads.<h>/MatMul`): the
+    # 1- and 8-step heads' must stay float like their full projections.
+    import onnx
+    from moecast.quantization.quantize import float_nodes
+
+    kept = float_nodes(onnx.load(combining_fp32))
+    assert {"heads.1/MatMul", "heads.8/MatMul"} <= set(kept)
+    assert not any(name.startswith(("heads.32", "heads.64")) for name in kept)

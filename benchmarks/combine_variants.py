@@ -25,6 +25,8 @@ VARIANTS: dict[str, dict] = {
     "p4": {"skill_combine": True, "combine_power": 4.0},
     "p4-late": {"skill_combine": True, "combine_power": 4.0, "combine_min_origin": 256},
     "p4-narrow": {"skill_combine": True, "combine_power": 4.0, "combine_narrow": True},
+    "p4-drift": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (32, 128)},
+    "p4-drift-long": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (64, 256)},
 }
 
 

@@ -49,6 +49,9 @@ class ModelConfig:
     # only: no weights.
     skill_combine: bool = False
     combine_periods: tuple[int, ...] = (12, 24, 48, 96, 144, 168, 288)
+    # Drift candidates: the last value plus the slope over each of these many points (the best
+    # one joins the mix); none by default.
+    combine_drifts: tuple[int, ...] = ()
     combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
@@ -62,6 +65,7 @@ class ModelConfig:
         object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
         object.__setattr__(self, "combine_periods", tuple(int(p) for p in self.combine_periods))
+        object.__setattr__(self, "combine_drifts", tuple(int(w) for w in self.combine_drifts))
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -91,6 +95,8 @@ class ModelConfig:
             yield f"horizons must be strictly increasing and include 1, got {self.horizons}"
         if any(p < 1 for p in self.combine_periods):
             yield f"combine_periods must be positive, got {self.combine_periods}"
+        if any(w < 1 for w in self.combine_drifts):
+            yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if self.combine_power < 0:
             yield f"combine_power must be >= 0, got {self.combine_power}"
         qs = self.quantiles

@@ -326,14 +326,16 @@ class Candidates:
     """The classical forecasts `[batch, 1 + periods, origins, horizon]` from every scored
     origin's end (normalised scale) and whether each is defined, and the context's value at
     each target (`truth` `[batch, origins, horizon]`; `scored`: inside the context, observed,
-    and from a scored origin). Candidate 0 is naive, 1.. seasonal naive for each period. The
-    origins are the tokens from `first` to the last, whose targets lie beyond the context."""
+    and from a scored origin). Candidate 0 is naive, 1 .. `periods` seasonal naive for each
+    period, then drift for each window. The origins are the tokens from `first` to the last,
+    whose targets lie beyond the context."""
 
     forecasts: Tensor
     defined: Tensor
     truth: Tensor
     scored: Tensor
     first: int
+    periods: int
 
 
 def first_origin(min_origin: int, patch_len: int, tokens: int) -> int:
@@ -349,10 +351,11 @@ def classical_candidates(
     periods: Sequence[int],
     min_origin: int,
     horizon: int,
+    drifts: Sequence[int] = (),
 ) -> Candidates:
-    """Naive and seasonal naive forecasts of `horizon` steps from the end of every token that
-    can be scored, with the targets to score them on. `last` `[batch, tokens]` is the last
-    observed value up to each token's end."""
+    """Naive, seasonal naive and drift forecasts of `horizon` steps from the end of every
+    token that can be scored, with the targets to score them on. `last` `[batch, tokens]` is
+    the last observed value up to each token's end."""
     b, length = z.shape
     n = length // patch_len
     first = first_origin(min_origin, patch_len, n)
@@ -382,12 +385,25 @@ def classical_candidates(
     seasonal = filled.gather(1, index).view(source.shape)
     defined = found.gather(1, index).view(source.shape) & (source >= 0)
     naive = last[:, None, first:, None].expand(b, 1, n - first, horizon)
+    forecasts, defined = [naive, seasonal], [torch.ones_like(defined[:, :1]), defined]
+    if drifts:
+        # Drift over w points: the last value plus the slope from the (filled) value w points
+        # before the origin's end to it, per step.
+        w = (torch.tensor(drifts, device=z.device) + zero)[:, None]  # [drifts, 1]
+        back = end - 1 - w  # [drifts, origins]
+        start = back.clamp_min(0).flatten()
+        start_value = filled.index_select(1, start).view(b, *back.shape)
+        start_found = found.index_select(1, start).view(b, *back.shape) & (back >= 0)
+        slope = (last[:, None, first:] - start_value) / w.to(z.dtype)
+        forecasts.append(last[:, None, first:, None] + slope[..., None] * step.to(z.dtype))
+        defined.append(start_found[..., None].expand(-1, -1, -1, horizon))
     return Candidates(
-        torch.cat([naive, seasonal], 1),
-        torch.cat([torch.ones_like(defined[:, :1]), defined], 1),
+        torch.cat(forecasts, 1),
+        torch.cat(defined, 1),
         z[:, within],
         scored,
         first,
+        len(periods),
     )
 
 
@@ -395,9 +411,10 @@ def skill_weights(
     c: Candidates, medians: Sequence[Tensor], power: float, min_pairs: Sequence[int]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
-    weights `[batch, heads, 3]` of the network, naive and the best seasonal naive, their
-    error ratios to the network (inf where not scored) and which period is best (`[batch,
-    heads]`, an index into the seasonal candidates).
+    weights `[batch, heads, mix]` of the network, naive, the best seasonal naive and (with
+    drift candidates) the best drift, their error ratios to the network (inf where not
+    scored), and which seasonal (and drift) candidate is best (`[batch, heads, mix - 2]`,
+    indices into the classical candidates).
 
     Each classical candidate is scored against the network on the same pairs (origin, step),
     those where both are defined and the context observed the target: its error ratio r is
@@ -428,10 +445,23 @@ def skill_weights(
     ratio = (mine + floor) / (network + floor)
     need = torch.tensor(list(min_pairs), device=count.device)
     ratio = torch.where(count >= need, ratio, torch.inf)
-    seasonal_ratio, best = ratio[:, 1:].min(1)  # [batch, heads]
-    ratios = torch.stack([torch.ones_like(seasonal_ratio), ratio[:, 0], seasonal_ratio], -1)
+    families = [(1, 1 + c.periods)]
+    if ratio.shape[1] > 1 + c.periods:
+        families.append((1 + c.periods, ratio.shape[1]))
+    columns, best = [torch.ones_like(ratio[:, 0]), ratio[:, 0]], []
+    for start, stop in families:
+        family_ratio, index = ratio[:, start:stop].min(1)  # [batch, heads]
+        columns.append(family_ratio)
+        best.append(index + start)
+    if len(families) > 1:
+        # One step ahead a drift is naive plus one slope, a near copy of naive that would
+        # double naive's weight (measured: 5 % worse on noisy series at h=1): drift weighs in
+        # from two steps on.
+        longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
+        columns[-1] = torch.where(longer, columns[-1], torch.inf)
+    ratios = torch.stack(columns, -1)
     raw = ratios.pow(-power)  # inf -> 0
-    return raw / raw.sum(-1, keepdim=True), ratios, best
+    return raw / raw.sum(-1, keepdim=True), ratios, torch.stack(best, -1)
 
 
 def skill_combine(
@@ -443,23 +473,26 @@ def skill_combine(
     narrow: bool = False,
 ) -> list[Tensor]:
     """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
-    the skill-weighted median of the network, naive and the best seasonal naive; `medians`
-    are the heads' network medians from `c`'s origins.
+    the skill-weighted median of the network, naive, the best seasonal naive and the best
+    drift (when `c` has drifts); `medians` are the heads' network medians from `c`'s origins.
 
     The network's quantiles move with its median. With `narrow`, their spread also shrinks by
     the weighted error ratio (never widens): a mix that scored better than the network in the
-    context is less uncertain than the network. Where the best seasonal naive has no value at
-    the end (a long gap), naive stands in for it. A candidate needs 4 h pairs to be weighed.
+    context is less uncertain than the network. Where the best seasonal naive or drift has no
+    value at the end (a long gap), naive stands in for it. A candidate needs 4 h pairs to be
+    weighed.
     """
     weights, ratios, best = skill_weights(c, medians, power, [4 * m.shape[-1] for m in medians])
     final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
-    index = (best + 1)[..., None].expand(-1, -1, final.shape[-1])  # [batch, heads, horizon]
-    seasonal = final.gather(1, index)
-    seasonal = torch.where(c.defined[:, :, -1].gather(1, index), seasonal, final[:, :1])
+    b, heads, slots = best.shape
+    index = best.flatten(1)[..., None].expand(-1, -1, final.shape[-1])
+    chosen = final.gather(1, index).view(b, heads, slots, -1)
+    usable = c.defined[:, :, -1].gather(1, index).view(b, heads, slots, -1)
+    chosen = torch.where(usable, chosen, final[:, None, :1])
     combined = []
     for i, q in enumerate(quantiles):
         h = q.shape[1]
-        mix = torch.stack([q[..., median], final[:, 0, :h], seasonal[:, i, :h]], 1)
+        mix = torch.cat([q[:, None, :, median], final[:, :1, :h], chosen[:, i, :, :h]], 1)
         centre = (weights[:, i, :, None] * mix).sum(1)
         spread = q - q[..., median : median + 1]
         if narrow:
@@ -644,6 +677,7 @@ class MoecastModel(nn.Module):
             cfg.combine_periods,
             self._min_origin(values),
             cfg.max_horizon,
+            cfg.combine_drifts,
         )
         combined = skill_combine(
             [q[:, -1] for q in out.forecasts.values()],

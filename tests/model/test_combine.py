@@ -40,22 +40,22 @@ def test_weights_by_hand():
     forecasts = torch.tensor([[[[2.0, 2.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
     defined = torch.tensor([[[[True, True]], [[True, True]], [[True, False]]]])
     scored = torch.ones(1, 1, 2, dtype=torch.bool)
-    c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), scored, first=0)
+    c = Candidates(forecasts, defined, torch.zeros(1, 1, 2), scored, first=0, periods=2)
     weights, _, best = skill_weights(c, [network], power=2.0, min_pairs=[2])
     floor = 2e-2  # 1e-2 per pair, 2 pairs
     naive = (4 + floor) / (2 + floor)
     seasonal = (1 + floor) / (2 + floor)  # B has one pair, under min_pairs: not a candidate
     raw = torch.tensor([1.0, naive**-2, seasonal**-2])
     torch.testing.assert_close(weights[0, 0], raw / raw.sum())
-    assert best.tolist() == [[0]]
+    assert best.tolist() == [[[1]]]  # seasonal A
     # With one pair enough, B (exact on its pair, against the network's error 1) wins.
     weights, _, best = skill_weights(c, [network], power=2.0, min_pairs=[1])
-    assert best.tolist() == [[1]]
+    assert best.tolist() == [[[2]]]
     b = (0 + 1e-2) / (1 + 1e-2)
     assert weights[0, 0, 2].item() == pytest.approx(b**-2 / (1 + naive**-2 + b**-2), rel=1e-5)
     # A one-step head scores the first step only: naive 2 / 1, A 1 / 1, B 0 / 1.
     weights, ratios, best = skill_weights(c, [network, network[..., :1]], 2.0, [1, 1])
-    assert best.tolist() == [[1, 1]]
+    assert best.tolist() == [[[2], [2]]]
     torch.testing.assert_close(ratios[0, 1, 1], torch.tensor((2 + 1e-2) / (1 + 1e-2)))
 
 
@@ -66,6 +66,7 @@ def test_power_zero_is_the_plain_mean_and_a_large_power_picks_the_best():
         torch.zeros(1, 1, 1),
         torch.ones(1, 1, 1, dtype=torch.bool),
         first=0,
+        periods=1,
     )
     network = [torch.ones(1, 1, 1)]
     mean = skill_weights(c, network, power=0.0, min_pairs=[1])[0]
@@ -134,6 +135,35 @@ def test_a_clean_periodic_series_gets_seasonal_naive(nano):
         error = (got[h][0, :, median] - future[:h]).abs().max()
         assert error < 0.05, h  # seasonal naive with period 24 is exact
         assert error < (alone[h][0, :, median] - future[:h]).abs().max() / 10, h
+
+
+def test_a_straight_trend_gets_drift(nano):
+    t = torch.arange(256.0)
+    x = (5 + 0.3 * t)[None]
+    x[0, 100] = NAN
+    with_drift = combined(nano, combine_drifts=(32, 128)).predict(x)
+    without = combined(nano).predict(x)
+    future = 5 + 0.3 * (256 + torch.arange(64.0))
+    median = nano.config.median_index
+    # One step ahead drift has no weight (a near copy of naive): the same forecast.
+    torch.testing.assert_close(with_drift[1], without[1])
+    for h in nano.config.horizons[1:]:
+        error = (with_drift[h][0, :, median] - future[:h]).abs().max()
+        assert error < 0.05, h  # drift is exact on a straight line
+        assert error < (without[h][0, :, median] - future[:h]).abs().max() / 10, h
+
+
+def test_drift_needs_its_window_behind_the_origin():
+    z = torch.arange(64.0)[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, (8,), min_origin=4, horizon=3, drifts=(16,))
+    drift = c.forecasts[:, -1]  # [batch, origins, horizon]
+    # Token 3 ends at point 15: 16 points back is before the start, so no drift there.
+    assert not c.defined[0, -1, 3].any()
+    assert c.defined[0, -1, 4].all()
+    # From token 4 (last value 19, slope (19 - 3) / 16 = 1): 20, 21, 22.
+    assert drift[0, 4].tolist() == [20.0, 21.0, 22.0]
 
 
 def test_a_random_walk_leans_on_naive_not_on_a_season(nano):

@@ -1,5 +1,6 @@
-"""The skill-weighted combination (`network.skill_combine`) exports: ONNX Runtime computes
-what PyTorch does, at any batch size, with gaps, short histories and seasonal rows."""
+"""The skill-weighted combination (`network.skill_combine`, with drift candidates) exports:
+ONNX Runtime computes what PyTorch does, at any batch size, with gaps, short histories,
+seasonal and trending rows."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def combining(nano):
     from moecast.model.config import preset
     from moecast.model.network import MoecastModel
 
-    model = MoecastModel(preset("nano", skill_combine=True)).eval()
+    # Drift over 8 and 32 points: nano's context is 128, so both are defined at most origins.
+    model = MoecastModel(preset("nano", skill_combine=True, combine_drifts=(8, 32))).eval()
     model.load_state_dict(nano.state_dict())
     return model
 
@@ -30,13 +32,16 @@ def combining_fp32(combining, tmp_path_factory):
 
 
 def inputs(batch: int, length: int, seed: int) -> np.ndarray:
-    """holed_series plus, in every other row, a clean cycle of 12 points with 30 % dropped."""
+    """holed_series plus, in every other row, a clean cycle of 12 points with 30 % dropped,
+    and in every fourth (from the second) a noisy trend."""
     values = holed_series(batch, length, seed=seed)
     rng = np.random.default_rng(seed)
     t = np.arange(length)
     for row in values[::2]:
         row[:] = 10 + 3 * np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=length)
         row[rng.random(length) < 0.3] = np.nan
+    for row in values[1::4]:
+        row[:] = 2 + 0.05 * t + 0.1 * rng.normal(size=length)
     return values
 
 

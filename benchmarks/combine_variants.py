@@ -27,6 +27,13 @@ VARIANTS: dict[str, dict] = {
     "p4-narrow": {"skill_combine": True, "combine_power": 4.0, "combine_narrow": True},
     "p4-drift": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (32, 128)},
     "p4-drift-long": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (64, 256)},
+    "p4-shift": {"skill_combine": True, "combine_power": 4.0, "combine_shifted": True},
+    "p4-drift-shift": {
+        "skill_combine": True,
+        "combine_power": 4.0,
+        "combine_drifts": (32, 128),
+        "combine_shifted": True,
+    },
 }
 
 

@@ -52,6 +52,10 @@ class ModelConfig:
     # Drift candidates: the last value plus the slope over each of these many points (the best
     # one joins the mix); none by default.
     combine_drifts: tuple[int, ...] = ()
+    # Also seasonal naive carrying the level change since the repeated cycle (the best period
+    # joins the mix): after a level shift plain seasonal naive repeats the old level for a
+    # whole period, and one that scored well before the shift would hold the mix down.
+    combine_shifted: bool = False
     combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False

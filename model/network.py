@@ -323,12 +323,13 @@ def fill_forward(z: Tensor, observed: Tensor, window: int) -> tuple[Tensor, Tens
 
 @dataclass
 class Candidates:
-    """The classical forecasts `[batch, 1 + periods, origins, horizon]` from every scored
+    """The classical forecasts `[batch, classical, origins, horizon]` from every scored
     origin's end (normalised scale) and whether each is defined, and the context's value at
     each target (`truth` `[batch, origins, horizon]`; `scored`: inside the context, observed,
-    and from a scored origin). Candidate 0 is naive, 1 .. `periods` seasonal naive for each
-    period, then drift for each window. The origins are the tokens from `first` to the last,
-    whose targets lie beyond the context."""
+    and from a scored origin). Candidate 0 is naive, then seasonal naive for each of `periods`,
+    with `shifted` the same again carrying the level change since a period before the origin,
+    then drift for each window. The origins are the tokens from `first` to the last, whose
+    targets lie beyond the context."""
 
     forecasts: Tensor
     defined: Tensor
@@ -336,6 +337,23 @@ class Candidates:
     scored: Tensor
     first: int
     periods: int
+    shifted: bool = False
+
+    def families(self) -> list[tuple[int, int, bool]]:
+        """[start, stop) of each family that sends its best member into the mix (seasonal,
+        then shifted seasonal, then drift: whichever there are), and whether it weighs in one
+        step ahead.
+
+        One step ahead, drift is naive plus one slope, a near copy of naive that would double
+        naive's weight (measured: 5 % worse on noisy series at h=1), and the shifted seasonal
+        adds the noise of two levels to a one-step forecast (4.8 % worse on seasonal series
+        at h=1): both weigh in from two steps on."""
+        bounds = [(1, 1 + self.periods, True)]
+        if self.shifted:
+            bounds.append((1 + self.periods, 1 + 2 * self.periods, False))
+        if self.forecasts.shape[1] > bounds[-1][1]:
+            bounds.append((bounds[-1][1], self.forecasts.shape[1], False))
+        return bounds
 
 
 def first_origin(min_origin: int, patch_len: int, tokens: int) -> int:
@@ -352,10 +370,11 @@ def classical_candidates(
     min_origin: int,
     horizon: int,
     drifts: Sequence[int] = (),
+    shifted: bool = False,
 ) -> Candidates:
-    """Naive, seasonal naive and drift forecasts of `horizon` steps from the end of every
-    token that can be scored, with the targets to score them on. `last` `[batch, tokens]` is
-    the last observed value up to each token's end."""
+    """Naive, seasonal naive (with `shifted`, also level-shifted) and drift forecasts of
+    `horizon` steps from the end of every token that can be scored, with the targets to score
+    them on. `last` `[batch, tokens]` is the last observed value up to each token's end."""
     b, length = z.shape
     n = length // patch_len
     first = first_origin(min_origin, patch_len, n)
@@ -386,6 +405,20 @@ def classical_candidates(
     defined = found.gather(1, index).view(source.shape) & (source >= 0)
     naive = last[:, None, first:, None].expand(b, 1, n - first, horizon)
     forecasts, defined = [naive, seasonal], [torch.ones_like(defined[:, :1]), defined]
+    if shifted:
+        # Seasonal naive after a level change (a failed chiller, a moved sensor) repeats the
+        # old level until a period has passed. The shifted one adds the change of the level
+        # (the mean over the last patch) from the repeated point's cycle to the origin's:
+        # x[s] + level(end) - level(end - (target - s)).
+        level, known = _patch_levels(filled, found, patch_len)
+        lag = target - source  # [batch, periods, origins, horizon]
+        before = (end[:, None] - 1 - lag).clamp_min(0).flatten(1)
+        now = level.index_select(1, end - 1)[:, None, :, None]
+        shift = now - level.gather(1, before).view(lag.shape)
+        forecasts.append(seasonal + shift)
+        ok = known.gather(1, before).view(lag.shape)
+        ok = ok & known.index_select(1, end - 1)[:, None, :, None]
+        defined.append(defined[1] & ok & (end[:, None] - 1 - lag >= patch_len - 1))
     if drifts:
         # Drift over w points: the last value plus the slope from the (filled) value w points
         # before the origin's end to it, per step.
@@ -404,17 +437,32 @@ def classical_candidates(
         scored,
         first,
         len(periods),
+        shifted,
     )
+
+
+def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor, Tensor]:
+    """`[batch, length]` the mean of the found values among the `patch_len` points ending at
+    each point (a level with a patch's noise averaged out), and whether there was one."""
+    weight = found.to(filled.dtype)
+    pad = filled.new_zeros(filled.shape[0], 1)
+    total = torch.cat([pad, (filled * weight).cumsum(-1)], 1)
+    count = torch.cat([pad, weight.cumsum(-1)], 1)
+    total = total[:, patch_len:] - total[:, :-patch_len]
+    count = count[:, patch_len:] - count[:, :-patch_len]
+    head = filled.new_zeros(filled.shape[0], patch_len - 1)
+    total, count = torch.cat([head, total], 1), torch.cat([head, count], 1)
+    return total / count.clamp_min(1.0), count > 0
 
 
 def skill_weights(
     c: Candidates, medians: Sequence[Tensor], power: float, min_pairs: Sequence[int]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
-    weights `[batch, heads, mix]` of the network, naive, the best seasonal naive and (with
-    drift candidates) the best drift, their error ratios to the network (inf where not
-    scored), and which seasonal (and drift) candidate is best (`[batch, heads, mix - 2]`,
-    indices into the classical candidates).
+    weights `[batch, heads, mix]` of the network, naive and the best of each family of
+    `c` (seasonal naive, then shifted seasonal and drift where `c` has them), their error
+    ratios to the network (inf where not scored), and which member of each family is best
+    (`[batch, heads, mix - 2]`, indices into the classical candidates).
 
     Each classical candidate is scored against the network on the same pairs (origin, step),
     those where both are defined and the context observed the target: its error ratio r is
@@ -445,20 +493,14 @@ def skill_weights(
     ratio = (mine + floor) / (network + floor)
     need = torch.tensor(list(min_pairs), device=count.device)
     ratio = torch.where(count >= need, ratio, torch.inf)
-    families = [(1, 1 + c.periods)]
-    if ratio.shape[1] > 1 + c.periods:
-        families.append((1 + c.periods, ratio.shape[1]))
     columns, best = [torch.ones_like(ratio[:, 0]), ratio[:, 0]], []
-    for start, stop in families:
+    longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
+    for start, stop, one_step in c.families():
         family_ratio, index = ratio[:, start:stop].min(1)  # [batch, heads]
+        if not one_step:
+            family_ratio = torch.where(longer, family_ratio, torch.inf)
         columns.append(family_ratio)
         best.append(index + start)
-    if len(families) > 1:
-        # One step ahead a drift is naive plus one slope, a near copy of naive that would
-        # double naive's weight (measured: 5 % worse on noisy series at h=1): drift weighs in
-        # from two steps on.
-        longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
-        columns[-1] = torch.where(longer, columns[-1], torch.inf)
     ratios = torch.stack(columns, -1)
     raw = ratios.pow(-power)  # inf -> 0
     return raw / raw.sum(-1, keepdim=True), ratios, torch.stack(best, -1)
@@ -473,8 +515,9 @@ def skill_combine(
     narrow: bool = False,
 ) -> list[Tensor]:
     """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
-    the skill-weighted median of the network, naive, the best seasonal naive and the best
-    drift (when `c` has drifts); `medians` are the heads' network medians from `c`'s origins.
+    the skill-weighted median of the network, naive and the best of each of `c`'s families
+    (seasonal naive, shifted seasonal, drift); `medians` are the heads' network medians from
+    `c`'s origins.
 
     The network's quantiles move with its median. With `narrow`, their spread also shrinks by
     the weighted error ratio (never widens): a mix that scored better than the network in the
@@ -678,6 +721,7 @@ class MoecastModel(nn.Module):
             self._min_origin(values),
             cfg.max_horizon,
             cfg.combine_drifts,
+            cfg.combine_shifted,
         )
         combined = skill_combine(
             [q[:, -1] for q in out.forecasts.values()],

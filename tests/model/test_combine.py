@@ -166,6 +166,51 @@ def test_drift_needs_its_window_behind_the_origin():
     assert drift[0, 4].tolist() == [20.0, 21.0, 22.0]
 
 
+def test_shifted_seasonal_naive_carries_a_recent_level_step():
+    # A cycle of 16 points stepping up by 5 at point 58; the last token ends at point 63.
+    t = torch.arange(64.0)
+    z = (torch.sin(2 * math.pi * t / 16) + 5 * (t >= 58))[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    observed[0, 20] = False  # a gap changes nothing
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, (16,), 4, 8, shifted=True)
+    assert c.families() == [(1, 2, True), (2, 3, False)]
+    future = torch.sin(2 * math.pi * (64 + torch.arange(8.0)) / 16) + 5
+    seasonal, shifted = c.forecasts[0, 1, -1], c.forecasts[0, 2, -1]
+    # Plain seasonal naive repeats the cycle before the step; the shifted one adds the step
+    # (the level of the last 4 points against the same phase a period earlier).
+    torch.testing.assert_close(seasonal, future - 5)
+    torch.testing.assert_close(shifted, future)
+    # Where nothing changed in the last period, the two are the same forecast.
+    early = c.defined[0, 2, 4] & c.defined[0, 1, 4]
+    assert early.all()
+    torch.testing.assert_close(c.forecasts[0, 2, 4], c.forecasts[0, 1, 4])
+    # Its level needs a whole patch a period before the origin: token 3 ends at point 15, so
+    # seasonal naive is defined there and the shifted one only from token 4 on.
+    assert c.defined[0, 1, 3].all()
+    assert not c.defined[0, 2, 3].any()
+    assert c.defined[0, 2, 4:].sum() == 12 * 8 - 1
+    # Token 7's step 5 repeats point 20, missing: seasonal naive takes it a period earlier,
+    # where there is no level a period before to shift by.
+    assert c.defined[0, 1, 7, 4]
+    assert not c.defined[0, 2, 7, 4]
+
+
+def test_after_a_level_step_the_mix_moves_toward_the_new_level(nano):
+    # A clean cycle of 24 points, stepping up by 8 eight points before the end: plain seasonal
+    # naive, exact over the whole history, repeats the old level for the next 16 steps.
+    t = torch.arange(128.0)
+    x = (20 + 3 * torch.sin(2 * math.pi * t / 24) + 8 * (t >= 120))[None]
+    future = 28 + 3 * torch.sin(2 * math.pi * (128 + torch.arange(8.0)) / 24)
+    median = nano.config.median_index
+    shifted = combined(nano, combine_shifted=True).predict(x)
+    plain = combined(nano).predict(x)
+    # One step ahead the shifted seasonal has no weight: the same forecast.
+    torch.testing.assert_close(shifted[1], plain[1])
+    error = (shifted[8][0, :, median] - future).abs().mean()
+    assert error < 0.6 * (plain[8][0, :, median] - future).abs().mean()
+
+
 def test_a_random_walk_leans_on_naive_not_on_a_season(nano):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 128, generator=g).cumsum(-1)

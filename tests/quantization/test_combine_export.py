@@ -1,6 +1,6 @@
-"""The skill-weighted combination (`network.skill_combine`, with drift candidates) exports:
-ONNX Runtime computes what PyTorch does, at any batch size, with gaps, short histories,
-seasonal and trending rows."""
+"""The skill-weighted combination (`network.skill_combine`, with drift and shifted seasonal
+candidates) exports: ONNX Runtime computes what PyTorch does, at any batch size, with gaps,
+short histories, seasonal rows (some with a level step) and trending rows."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def combining(nano):
     from moecast.model.network import MoecastModel
 
     # Drift over 8 and 32 points: nano's context is 128, so both are defined at most origins.
-    model = MoecastModel(preset("nano", skill_combine=True, combine_drifts=(8, 32))).eval()
+    config = preset("nano", skill_combine=True, combine_drifts=(8, 32), combine_shifted=True)
+    model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())
     return model
 
@@ -32,14 +33,17 @@ def combining_fp32(combining, tmp_path_factory):
 
 
 def inputs(batch: int, length: int, seed: int) -> np.ndarray:
-    """holed_series plus, in every other row, a clean cycle of 12 points with 30 % dropped,
-    and in every fourth (from the second) a noisy trend."""
+    """holed_series plus, in every other row, a clean cycle of 12 points with 30 % dropped
+    (in every fourth, a level step of 5 near the end), and in every fourth (from the second)
+    a noisy trend."""
     values = holed_series(batch, length, seed=seed)
     rng = np.random.default_rng(seed)
     t = np.arange(length)
     for row in values[::2]:
         row[:] = 10 + 3 * np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=length)
         row[rng.random(length) < 0.3] = np.nan
+    for row in values[::4]:
+        row[-10:] += 5
     for row in values[1::4]:
         row[:] = 2 + 0.05 * t + 0.1 * rng.normal(size=length)
     return values

@@ -44,11 +44,12 @@ from moecast.bundle.format import Bundle, output_name
 log = logging.getLogger(__name__)
 
 # Rows per model run. The model's activations take ~3 MB per row (the `edge` bundle: 64
-# patches of 8, every expert evaluated in the graph) and ONNX Runtime's arena keeps its peak:
-# 1000 rows in one run peaked at 2.9 GB of RSS, runs of 8 at ~25 MB above the loaded model.
-# Small runs were no slower (2 cores, 1000 rows: ~1.5 s in runs of 8 or 16, 2.1 s in runs of
-# 256, 3.6 s in one run).
-MAX_BATCH = 8
+# patches of 8, every expert evaluated in the graph) and ONNX Runtime keeps its peak (arena on
+# or off alike): 1000 rows in one run peaked at 2.9 GB of RSS. Small runs were no slower
+# (2 cores, 1000 rows: ~1.5 s in runs of 8 or 16, 2.1 s in runs of 256, 3.6 s in one run).
+# The v2 bundle, 256 rows on one thread: runs of 8 peaked 34 MB above the loaded model, runs of
+# 4 21 MB in the same time (2.7-2.9 s), runs of 2 14 MB but 12 % slower, runs of 1 40 % slower.
+MAX_BATCH = 4
 # Rows whose quantiles are sorted, calibrated, encoded and published together: a few numpy
 # calls per block, not per model run (1000 streams: 125 runs, 4 blocks), while the float64
 # copies of a block's quantiles stay at a few MB.

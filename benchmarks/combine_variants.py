@@ -34,6 +34,13 @@ VARIANTS: dict[str, dict] = {
         "combine_drifts": (32, 128),
         "combine_shifted": True,
     },
+    "p4-drift-shift-guard2": {
+        "skill_combine": True,
+        "combine_power": 4.0,
+        "combine_drifts": (32, 128),
+        "combine_shifted": True,
+        "combine_guard": 2.0,
+    },
 }
 
 

@@ -56,6 +56,10 @@ class ModelConfig:
     # joins the mix): after a level shift plain seasonal naive repeats the old level for a
     # whole period, and one that scored well before the shift would hold the mix down.
     combine_shifted: bool = False
+    # With shifted candidates: plain seasonal naive gets no weight where, at the last origin,
+    # the level has moved by more than this many times its mean error in the context
+    # (`network.level_moved`); 0: never.
+    combine_guard: float = 0.0
     combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
@@ -103,6 +107,8 @@ class ModelConfig:
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if self.combine_power < 0:
             yield f"combine_power must be >= 0, got {self.combine_power}"
+        if self.combine_guard < 0:
+            yield f"combine_guard must be >= 0, got {self.combine_guard}"
         qs = self.quantiles
         if not qs or any(not 0.0 < q < 1.0 for q in qs) or list(qs) != sorted(set(qs)):
             yield f"quantiles must be strictly increasing in (0, 1), got {qs}"

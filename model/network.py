@@ -456,7 +456,11 @@ def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor
 
 
 def skill_weights(
-    c: Candidates, medians: Sequence[Tensor], power: float, min_pairs: Sequence[int]
+    c: Candidates,
+    medians: Sequence[Tensor],
+    power: float,
+    min_pairs: Sequence[int],
+    guard: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
     weights `[batch, heads, mix]` of the network, naive and the best of each family of
@@ -468,7 +472,8 @@ def skill_weights(
     those where both are defined and the context observed the target: its error ratio r is
     its absolute error summed over them over the network's. Weights are r ** -power (the
     network's r is 1), normalised; a candidate with under `min_pairs` (of its head) pairs
-    gets none.
+    gets none. With `guard` and shifted candidates, plain seasonal naive gets none either
+    where the level has moved since the cycle it repeats (`level_moved`).
     """
     pairs = c.defined & c.scored[:, None]  # [batch, classical, origins, horizon]
     error = torch.where(pairs, (c.forecasts - c.truth[:, None]).abs(), 0.0)
@@ -493,6 +498,12 @@ def skill_weights(
     ratio = (mine + floor) / (network + floor)
     need = torch.tensor(list(min_pairs), device=count.device)
     ratio = torch.where(count >= need, ratio, torch.inf)
+    if guard > 0 and c.shifted:
+        seasonal = slice(1, 1 + c.periods)
+        typical = mine[:, seasonal] / count[:, seasonal].clamp_min(1)
+        moved = level_moved(c, ends, guard, typical)
+        ratio = torch.cat([ratio[:, :1], ratio[:, seasonal].masked_fill(moved, torch.inf),
+                           ratio[:, 1 + c.periods :]], 1)  # fmt: skip
     columns, best = [torch.ones_like(ratio[:, 0]), ratio[:, 0]], []
     longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
     for start, stop, one_step in c.families():
@@ -506,6 +517,25 @@ def skill_weights(
     return raw / raw.sum(-1, keepdim=True), ratios, torch.stack(best, -1)
 
 
+def level_moved(c: Candidates, ends: Sequence[int], guard: float, typical: Tensor) -> Tensor:
+    """`[batch, periods, heads]`: whether, at the last origin, shifted and plain seasonal
+    naive differ by more than `guard` times plain seasonal naive's mean error per pair in the
+    context (`typical`), on average over the head's steps.
+
+    In-context scoring cannot see a level shift until origins after it are scored, a token or
+    more later; until then plain seasonal naive keeps the weight its stable history earned and
+    repeats the old level (the demo's cooling failure and bearing fault). The shifted
+    candidate measures the move at once: a move far beyond the plain one's usual error means
+    its cycle is no longer the one to repeat."""
+    p = c.periods
+    plain, shifted = c.forecasts[:, 1 : 1 + p, -1], c.forecasts[:, 1 + p : 1 + 2 * p, -1]
+    both = c.defined[:, 1 : 1 + p, -1] & c.defined[:, 1 + p : 1 + 2 * p, -1]
+    gap = torch.where(both, (shifted - plain).abs(), 0.0)  # [batch, periods, horizon]
+    steps = torch.arange(1, gap.shape[-1] + 1, device=gap.device, dtype=gap.dtype)
+    mean_gap = (gap.cumsum(-1) / steps)[..., list(ends)]
+    return mean_gap > guard * typical
+
+
 def skill_combine(
     quantiles: Sequence[Tensor],
     medians: Sequence[Tensor],
@@ -513,6 +543,7 @@ def skill_combine(
     power: float,
     median: int,
     narrow: bool = False,
+    guard: float = 0.0,
 ) -> list[Tensor]:
     """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
     the skill-weighted median of the network, naive and the best of each of `c`'s families
@@ -525,7 +556,8 @@ def skill_combine(
     value at the end (a long gap), naive stands in for it. A candidate needs 4 h pairs to be
     weighed.
     """
-    weights, ratios, best = skill_weights(c, medians, power, [4 * m.shape[-1] for m in medians])
+    min_pairs = [4 * m.shape[-1] for m in medians]
+    weights, ratios, best = skill_weights(c, medians, power, min_pairs, guard)
     final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
     b, heads, slots = best.shape
     index = best.flatten(1)[..., None].expand(-1, -1, final.shape[-1])
@@ -730,6 +762,7 @@ class MoecastModel(nn.Module):
             cfg.combine_power,
             cfg.median_index,
             cfg.combine_narrow,
+            cfg.combine_guard,
         )
         return dict(zip(out.forecasts, combined, strict=True))
 

@@ -211,6 +211,28 @@ def test_after_a_level_step_the_mix_moves_toward_the_new_level(nano):
     assert error < 0.6 * (plain[8][0, :, median] - future).abs().mean()
 
 
+def test_the_guard_drops_a_seasonal_naive_whose_level_has_moved(nano):
+    # The stepped cycle above: scoring has not yet seen the step, so without the guard plain
+    # seasonal naive keeps its weight; the shifted candidate sees the level move by 8, far
+    # beyond plain seasonal naive's error in the context (about 0), and the guard drops it.
+    t = torch.arange(128.0)
+    cycle = 20 + 3 * torch.sin(2 * math.pi * t / 24)
+    stepped = (cycle + 8 * (t >= 120))[None]
+    future = 28 + 3 * torch.sin(2 * math.pi * (128 + torch.arange(64.0)) / 24)
+    median = nano.config.median_index
+    guarded = combined(nano, combine_shifted=True, combine_guard=2.0)
+    unguarded = combined(nano, combine_shifted=True)
+    with_guard, without = guarded.predict(stepped), unguarded.predict(stepped)
+    for h in nano.config.horizons:
+        error = (with_guard[h][0, :, median] - future[:h]).abs().mean()
+        before = (without[h][0, :, median] - future[:h]).abs().mean()
+        # Beyond a period the other candidates (and the untrained network) weigh in more.
+        assert error < (0.25 if h <= 8 else 0.6) * before, h
+    # Where the level holds, the guard changes nothing.
+    for h, q in guarded.predict(cycle[None]).items():
+        torch.testing.assert_close(q, unguarded.predict(cycle[None])[h])
+
+
 def test_a_random_walk_leans_on_naive_not_on_a_season(nano):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 128, generator=g).cumsum(-1)

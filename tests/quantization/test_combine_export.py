@@ -1,6 +1,6 @@
 """The skill-weighted combination (`network.skill_combine`, with drift and shifted seasonal
-candidates) exports: ONNX Runtime computes what PyTorch does, at any batch size, with gaps,
-short histories, seasonal rows (some with a level step) and trending rows."""
+candidates and the guard) exports: ONNX Runtime computes what PyTorch does, at any batch size,
+with gaps, short histories, seasonal rows (some with a level step) and trending rows."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ def combining(nano):
     from moecast.model.network import MoecastModel
 
     # Drift over 8 and 32 points: nano's context is 128, so both are defined at most origins.
-    config = preset("nano", skill_combine=True, combine_drifts=(8, 32), combine_shifted=True)
+    config = preset(
+        "nano",
+        skill_combine=True,
+        combine_drifts=(8, 32),
+        combine_shifted=True,
+        combine_guard=2.0,
+    )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())
     return model

@@ -18,29 +18,22 @@ from moecast.model.checkpoint import load_checkpoint
 from moecast.model.cli_forecast import SHIPPED_WEIGHTS
 from moecast.model.forecast import Forecaster
 
+P4 = {"skill_combine": True, "combine_power": 4.0}
+DRIFT = {**P4, "combine_drifts": (32, 128)}
+SHIFT = {**DRIFT, "combine_shifted": True}  # the shipped decoding
+
 VARIANTS: dict[str, dict] = {
     "off": {"skill_combine": False},
-    "p1": {"skill_combine": True, "combine_power": 1.0},
-    "p2": {"skill_combine": True, "combine_power": 2.0},
-    "p4": {"skill_combine": True, "combine_power": 4.0},
-    "p4-late": {"skill_combine": True, "combine_power": 4.0, "combine_min_origin": 256},
-    "p4-narrow": {"skill_combine": True, "combine_power": 4.0, "combine_narrow": True},
-    "p4-drift": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (32, 128)},
-    "p4-drift-long": {"skill_combine": True, "combine_power": 4.0, "combine_drifts": (64, 256)},
-    "p4-shift": {"skill_combine": True, "combine_power": 4.0, "combine_shifted": True},
-    "p4-drift-shift": {
-        "skill_combine": True,
-        "combine_power": 4.0,
-        "combine_drifts": (32, 128),
-        "combine_shifted": True,
-    },
-    "p4-drift-shift-guard2": {
-        "skill_combine": True,
-        "combine_power": 4.0,
-        "combine_drifts": (32, 128),
-        "combine_shifted": True,
-        "combine_guard": 2.0,
-    },
+    "p1": {**P4, "combine_power": 1.0},
+    "p2": {**P4, "combine_power": 2.0},
+    "p4": P4,
+    "p4-late": {**P4, "combine_min_origin": 256},
+    "p4-narrow": {**P4, "combine_narrow": True},
+    "p4-drift": DRIFT,
+    "p4-drift-long": {**P4, "combine_drifts": (64, 256)},
+    "p4-shift": {**P4, "combine_shifted": True},
+    "p4-drift-shift": SHIFT,
+    "p4-drift-shift-guard2": {**SHIFT, "combine_guard": 2.0},
 }
 
 

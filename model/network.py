@@ -411,14 +411,13 @@ def classical_candidates(
         # (the mean over the last patch) from the repeated point's cycle to the origin's:
         # x[s] + level(end) - level(end - (target - s)).
         level, known = _patch_levels(filled, found, patch_len)
-        lag = target - source  # [batch, periods, origins, horizon]
-        before = (end[:, None] - 1 - lag).clamp_min(0).flatten(1)
+        back = end[:, None] - 1 - (target - source)  # [batch, periods, origins, horizon]
+        before = back.clamp_min(0).flatten(1)
         now = level.index_select(1, end - 1)[:, None, :, None]
-        shift = now - level.gather(1, before).view(lag.shape)
+        shift = now - level.gather(1, before).view(back.shape)
         forecasts.append(seasonal + shift)
-        ok = known.gather(1, before).view(lag.shape)
-        ok = ok & known.index_select(1, end - 1)[:, None, :, None]
-        defined.append(defined[1] & ok & (end[:, None] - 1 - lag >= patch_len - 1))
+        ok = known.gather(1, before).view(back.shape) & (back >= patch_len - 1)
+        defined.append(defined[1] & ok & known.index_select(1, end - 1)[:, None, :, None])
     if drifts:
         # Drift over w points: the last value plus the slope from the (filled) value w points
         # before the origin's end to it, per step.
@@ -499,11 +498,10 @@ def skill_weights(
     need = torch.tensor(list(min_pairs), device=count.device)
     ratio = torch.where(count >= need, ratio, torch.inf)
     if guard > 0 and c.shifted:
-        seasonal = slice(1, 1 + c.periods)
-        typical = mine[:, seasonal] / count[:, seasonal].clamp_min(1)
-        moved = level_moved(c, ends, guard, typical)
-        ratio = torch.cat([ratio[:, :1], ratio[:, seasonal].masked_fill(moved, torch.inf),
-                           ratio[:, 1 + c.periods :]], 1)  # fmt: skip
+        start, stop, _ = c.families()[0]  # plain seasonal naive
+        typical = mine[:, start:stop] / count[:, start:stop].clamp_min(1)
+        plain = ratio[:, start:stop].masked_fill(level_moved(c, ends, guard, typical), torch.inf)
+        ratio = torch.cat([ratio[:, :start], plain, ratio[:, stop:]], 1)
     columns, best = [torch.ones_like(ratio[:, 0]), ratio[:, 0]], []
     longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
     for start, stop, one_step in c.families():
@@ -527,9 +525,9 @@ def level_moved(c: Candidates, ends: Sequence[int], guard: float, typical: Tenso
     repeats the old level (the demo's cooling failure and bearing fault). The shifted
     candidate measures the move at once: a move far beyond the plain one's usual error means
     its cycle is no longer the one to repeat."""
-    p = c.periods
-    plain, shifted = c.forecasts[:, 1 : 1 + p, -1], c.forecasts[:, 1 + p : 1 + 2 * p, -1]
-    both = c.defined[:, 1 : 1 + p, -1] & c.defined[:, 1 + p : 1 + 2 * p, -1]
+    (p0, p1, _), (s0, s1, _) = c.families()[:2]  # plain and shifted seasonal naive
+    plain, shifted = c.forecasts[:, p0:p1, -1], c.forecasts[:, s0:s1, -1]
+    both = c.defined[:, p0:p1, -1] & c.defined[:, s0:s1, -1]
     gap = torch.where(both, (shifted - plain).abs(), 0.0)  # [batch, periods, horizon]
     steps = torch.arange(1, gap.shape[-1] + 1, device=gap.device, dtype=gap.dtype)
     mean_gap = (gap.cumsum(-1) / steps)[..., list(ends)]

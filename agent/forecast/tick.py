@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # 4 21 MB in the same time (2.7-2.9 s), runs of 2 14 MB but 12 % slower, runs of 1 40 % slower.
 MAX_BATCH = 4
 # Rows whose quantiles are sorted, calibrated, encoded and published together: a few numpy
-# calls per block, not per model run (1000 streams: 125 runs, 4 blocks), while the float64
+# calls per block, not per model run (1000 streams: 250 runs, 4 blocks), while the float64
 # copies of a block's quantiles stay at a few MB.
 BLOCK = 256
 # `stale_after_s: auto`: after 16 silent intervals the 1- and 8-step heads and half the

@@ -34,6 +34,9 @@ VARIANTS: dict[str, dict] = {
     "p4-shift": {**P4, "combine_shifted": True},
     "p4-drift-shift": SHIFT,
     "p4-drift-shift-guard2": {**SHIFT, "combine_guard": 2.0},
+    "p4-drift-shift-guard3": {**SHIFT, "combine_guard": 3.0},
+    "les": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)},
+    "les-guard3": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_guard": 3.0},
 }
 
 

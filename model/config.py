@@ -60,6 +60,10 @@ class ModelConfig:
     # the level has moved by more than this many times its mean error in the context
     # (`network.level_moved`); 0: never.
     combine_guard: float = 0.0
+    # Linear exponential smoothing candidates (Brown's), one per smoothing constant alpha:
+    # level and trend from exponentially weighted means, the smooth trend-following forecast
+    # AutoETS finds on slowly drifting sensors (the best one joins the mix); none by default.
+    combine_smoothing: tuple[float, ...] = ()
     combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
@@ -74,6 +78,8 @@ class ModelConfig:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
         object.__setattr__(self, "combine_periods", tuple(int(p) for p in self.combine_periods))
         object.__setattr__(self, "combine_drifts", tuple(int(w) for w in self.combine_drifts))
+        smoothing = tuple(float(a) for a in self.combine_smoothing)
+        object.__setattr__(self, "combine_smoothing", smoothing)
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -105,6 +111,8 @@ class ModelConfig:
             yield f"combine_periods must be positive, got {self.combine_periods}"
         if any(w < 1 for w in self.combine_drifts):
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
+        if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):
+            yield f"combine_smoothing must lie in (0, 1), got {self.combine_smoothing}"
         if self.combine_power < 0:
             yield f"combine_power must be >= 0, got {self.combine_power}"
         if self.combine_guard < 0:

@@ -13,6 +13,7 @@ from moecast.model.network import (
     classical_candidates,
     fill_forward,
     last_observed,
+    linear_smoothing,
     skill_weights,
 )
 
@@ -164,6 +165,79 @@ def test_drift_needs_its_window_behind_the_origin():
     assert c.defined[0, -1, 4].all()
     # From token 4 (last value 19, slope (19 - 3) / 16 = 1): 20, 21, 22.
     assert drift[0, 4].tolist() == [20.0, 21.0, 22.0]
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5])
+def test_linear_smoothing_is_exact_on_a_straight_line(alpha):
+    z = (3 + 0.5 * torch.arange(128.0))[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    observed[0, 10:14] = False  # a gap far behind the origins changes nothing
+    z = torch.where(observed, z, 0.0)
+    step = torch.arange(1.0, 9.0)
+    # tokens of 16 points from the fifth: they end at points 79, 95, 111 and 127
+    forecasts, known = linear_smoothing(z, observed, (alpha,), 16, 4, step)
+    assert forecasts.shape == known.shape == (1, 1, 4, 8)
+    assert known.all()
+    ends = torch.arange(79, 128, 16)
+    want = 3 + 0.5 * (ends[:, None] + step)
+    torch.testing.assert_close(forecasts[0, 0], want, atol=0.02, rtol=0)
+
+
+def test_linear_smoothing_averages_the_noise_out_of_the_level():
+    g = torch.Generator().manual_seed(0)
+    line = 3 + 0.05 * torch.arange(512.0)
+    z = (line + torch.randn(512, generator=g))[None]
+    observed = torch.rand(1, 512, generator=g) > 0.3  # 30 % dropped
+    z = torch.where(observed, z, 0.0)
+    ends = torch.arange(255, 512, 8)
+    step = torch.arange(1.0, 33.0)
+    forecasts, known = linear_smoothing(z, observed, (0.05,), 8, 31, step)
+    assert known.all()
+    future = 3 + 0.05 * (ends[:, None] + step)
+    smoothed_error = (forecasts[0, 0] - future).abs().mean()
+    last = last_observed(z, observed, 1)[0, ends]  # naive: one noisy reading
+    naive_error = (last[:, None] - future).abs().mean()
+    assert smoothed_error < naive_error / 2
+
+
+def test_linear_smoothing_is_undefined_where_no_reading_carries_weight():
+    z = torch.ones(1, 64)
+    observed = torch.arange(64)[None] < 40  # nothing observed in the last 24 points
+    # tokens of 8 points from the fifth (ends 39, 47, 55 and 63); 0.5: the weights fall below
+    # the cut after 14 points; 0.05: after 180.
+    _, known = linear_smoothing(z, observed, (0.5, 0.05), 8, 4, torch.arange(1.0, 3.0))
+    known = known[:, :, [0, 3]]  # ends 39 and 63
+    assert known[0, :, 0].all()
+    assert not known[0, 0, 1].any()
+    assert known[0, 1, 1].all()
+
+
+def test_smoothing_is_a_family_of_its_own_from_two_steps_on():
+    z = torch.arange(64.0)[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(
+        z, observed, last, 4, (8,), 4, 8, drifts=(8, 16), shifted=True, smoothing=(0.1, 0.3)
+    )
+    assert c.forecasts.shape[1] == 1 + 2 + 2 + 2
+    assert c.families() == [(1, 2, True), (2, 3, False), (3, 5, False), (5, 7, False)]
+    only = classical_candidates(z, observed, last, 4, (8,), 4, 8, smoothing=(0.1,))
+    assert only.families() == [(1, 2, True), (2, 3, False)]
+
+
+def test_a_noisy_trend_gets_smoothing(nano):
+    g = torch.Generator().manual_seed(1)
+    t = torch.arange(128.0)
+    x = (5 + 0.2 * t + 0.5 * torch.randn(128, generator=g))[None]
+    with_smoothing = combined(nano, combine_smoothing=(0.05, 0.2)).predict(x)
+    without = combined(nano).predict(x)
+    future = 5 + 0.2 * (128 + torch.arange(64.0))
+    median = nano.config.median_index
+    # One step ahead smoothing has no weight: the same forecast.
+    torch.testing.assert_close(with_smoothing[1], without[1])
+    for h in (32, 64):
+        error = (with_smoothing[h][0, :, median] - future[:h]).abs().mean()
+        assert error < (without[h][0, :, median] - future[:h]).abs().mean() / 2, h
 
 
 def test_shifted_seasonal_naive_carries_a_recent_level_step():

@@ -1,6 +1,7 @@
-"""The skill-weighted combination (`network.skill_combine`, with drift and shifted seasonal
-candidates and the guard) exports: ONNX Runtime computes what PyTorch does, at any batch size,
-with gaps, short histories, seasonal rows (some with a level step) and trending rows."""
+"""The skill-weighted combination (`network.skill_combine`, with drift, shifted seasonal and
+smoothing candidates and the guard) exports: ONNX Runtime computes what PyTorch does, at any
+batch size, with gaps, short histories, seasonal rows (some with a level step) and trending
+rows."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def combining(nano):
         combine_drifts=(8, 32),
         combine_shifted=True,
         combine_guard=2.0,
+        combine_smoothing=(0.05, 0.2),
     )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())

@@ -64,6 +64,9 @@ class ModelConfig:
     # level and trend from exponentially weighted means, the smooth trend-following forecast
     # AutoETS finds on slowly drifting sensors (the best one joins the mix); none by default.
     combine_smoothing: tuple[float, ...] = ()
+    # Their trend damped per step (AutoETS' damped trend): k steps ahead add
+    # damping + damping ** 2 + ... + damping ** k trends; 1: undamped.
+    combine_damping: float = 1.0
     combine_power: float = 4.0
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
@@ -113,6 +116,8 @@ class ModelConfig:
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):
             yield f"combine_smoothing must lie in (0, 1), got {self.combine_smoothing}"
+        if not 0.0 < self.combine_damping <= 1.0:
+            yield f"combine_damping must lie in (0, 1], got {self.combine_damping}"
         if self.combine_power < 0:
             yield f"combine_power must be >= 0, got {self.combine_power}"
         if self.combine_guard < 0:

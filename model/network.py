@@ -379,6 +379,7 @@ def classical_candidates(
     drifts: Sequence[int] = (),
     shifted: bool = False,
     smoothing: Sequence[float] = (),
+    damping: float = 1.0,
 ) -> Candidates:
     """Naive, seasonal naive (with `shifted`, also level-shifted), drift and linear exponential
     smoothing forecasts of `horizon` steps from the end of every token that can be scored,
@@ -440,7 +441,7 @@ def classical_candidates(
         defined.append(start_found[..., None].expand(-1, -1, -1, horizon))
     if smoothing:
         smoothed, known = linear_smoothing(
-            z, observed, smoothing, patch_len, first, step.to(z.dtype)
+            z, observed, smoothing, patch_len, first, step.to(z.dtype), damping
         )
         forecasts.append(smoothed)
         defined.append(known)
@@ -460,19 +461,26 @@ SMOOTHING_TAIL = 1e-4  # the weight an exponential mean gives what lies before i
 
 
 def linear_smoothing(
-    z: Tensor, observed: Tensor, alphas: Sequence[float], patch_len: int, first: int, step: Tensor
+    z: Tensor,
+    observed: Tensor,
+    alphas: Sequence[float],
+    patch_len: int,
+    first: int,
+    step: Tensor,
+    damping: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Brown's linear exponential smoothing from the end of every token from `first` on, one
     per smoothing constant: `[batch, alphas, origins, horizon]` forecasts and whether each is
     defined.
 
     With s1 the exponentially weighted mean of the observed values and s2 that of s1, the
-    level is 2 s1 - s2 and the trend alpha / (1 - alpha) (s1 - s2) per step: exact on a
-    straight line, a level that follows slow drift with the noise averaged out. The means are
-    over the observed points only (weights renormalised over them, so a gap or the start of
-    the context is no bias), cut where the weights fall below `SMOOTHING_TAIL`: causal
-    convolutions (no recurrence in the graph), s2 only at the tokens' ends. Undefined where
-    no observed point carries weight."""
+    level is 2 s1 - s2 and the trend alpha / (1 - alpha) (s1 - s2) per step (k steps ahead,
+    `damping` + ... + `damping` ** k of them): undamped, exact on a straight line; a level
+    that follows slow drift with the noise averaged out. The means are over the observed
+    points only (weights renormalised over them, so a gap or the start of the context is no
+    bias), cut where the weights fall below `SMOOTHING_TAIL`: causal convolutions (no
+    recurrence in the graph), s2 only at the tokens' ends. Undefined where no observed point
+    carries weight."""
     length = z.shape[1]
     reach = max(math.ceil(math.log(SMOOTHING_TAIL) / math.log1p(-a)) for a in alphas)
     reach = min(max(reach, patch_len), length)
@@ -498,6 +506,8 @@ def linear_smoothing(
     s1, s2 = s1[..., first:], s2[..., first:]  # [batch, alphas, origins]
     gain = torch.tensor([a / (1 - a) for a in alphas], device=z.device, dtype=z.dtype)
     trend = gain[:, None] * (s1 - s2)
+    if damping < 1:
+        step = torch.pow(damping, step).cumsum(-1)
     forecasts = (2 * s1 - s2)[..., None] + trend[..., None] * step
     known = (known1 & known2)[..., first:, None]
     return forecasts, known.expand_as(forecasts)
@@ -816,6 +826,7 @@ class MoecastModel(nn.Module):
             cfg.combine_drifts,
             cfg.combine_shifted,
             cfg.combine_smoothing,
+            cfg.combine_damping,
         )
         combined = skill_combine(
             [q[:, -1] for q in out.forecasts.values()],

@@ -181,6 +181,11 @@ def test_linear_smoothing_is_exact_on_a_straight_line(alpha):
     ends = torch.arange(79, 128, 16)
     want = 3 + 0.5 * (ends[:, None] + step)
     torch.testing.assert_close(forecasts[0, 0], want, atol=0.02, rtol=0)
+    # Damped, k steps ahead add 0.9 + 0.81 + ... + 0.9 ** k slopes to the last value.
+    damped, _ = linear_smoothing(z, observed, (alpha,), 16, 4, step, damping=0.9)
+    slopes = torch.cumsum(0.9**step, 0)
+    want = 3 + 0.5 * (ends[:, None] + slopes)
+    torch.testing.assert_close(damped[0, 0], want, atol=0.02, rtol=0)
 
 
 def test_linear_smoothing_averages_the_noise_out_of_the_level():

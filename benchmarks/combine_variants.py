@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict] = {
     "p4-drift-shift-guard3": {**SHIFT, "combine_guard": 3.0},
     "les": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)},
     "les-guard3": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_guard": 3.0},
+    "les-d98": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_damping": 0.98},
+    "les-d95": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_damping": 0.95},
 }
 
 

@@ -20,7 +20,8 @@ from moecast.model.forecast import Forecaster
 
 P4 = {"skill_combine": True, "combine_power": 4.0}
 DRIFT = {**P4, "combine_drifts": (32, 128)}
-SHIFT = {**DRIFT, "combine_shifted": True}  # the shipped decoding
+SHIFT = {**DRIFT, "combine_shifted": True}  # bundle v2's decoding
+LES = {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)}  # with damping 0.95: v3's, shipped
 
 VARIANTS: dict[str, dict] = {
     "off": {"skill_combine": False},
@@ -35,10 +36,10 @@ VARIANTS: dict[str, dict] = {
     "p4-drift-shift": SHIFT,
     "p4-drift-shift-guard2": {**SHIFT, "combine_guard": 2.0},
     "p4-drift-shift-guard3": {**SHIFT, "combine_guard": 3.0},
-    "les": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)},
-    "les-guard3": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_guard": 3.0},
-    "les-d98": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_damping": 0.98},
-    "les-d95": {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4), "combine_damping": 0.95},
+    "les": LES,
+    "les-guard3": {**LES, "combine_guard": 3.0},
+    "les-d98": {**LES, "combine_damping": 0.98},
+    "les-d95": {**LES, "combine_damping": 0.95},
 }
 
 

@@ -500,17 +500,17 @@ def linear_smoothing(
         known = mass > 1e-6
         return total / torch.where(known, mass, 1.0), known
 
-    s1, known1 = mean(z[:, None], observed.to(z.dtype)[:, None], 1)  # [batch, alphas, length]
-    s2, known2 = mean(s1, known1.to(z.dtype), patch_len)  # [batch, alphas, tokens]
-    s1, known1 = s1[..., patch_len - 1 :: patch_len], known1[..., patch_len - 1 :: patch_len]
+    s1, known = mean(z[:, None], observed.to(z.dtype)[:, None], 1)  # [batch, alphas, length]
+    # Where s1 is known at a token's end, so is s2 (s1 there has weight 1 in it).
+    s2, _ = mean(s1, known.to(z.dtype), patch_len)  # [batch, alphas, tokens]
+    s1, known = s1[..., patch_len - 1 :: patch_len], known[..., patch_len - 1 :: patch_len]
     s1, s2 = s1[..., first:], s2[..., first:]  # [batch, alphas, origins]
     gain = torch.tensor([a / (1 - a) for a in alphas], device=z.device, dtype=z.dtype)
     trend = gain[:, None] * (s1 - s2)
     if damping < 1:
         step = torch.pow(damping, step).cumsum(-1)
     forecasts = (2 * s1 - s2)[..., None] + trend[..., None] * step
-    known = (known1 & known2)[..., first:, None]
-    return forecasts, known.expand_as(forecasts)
+    return forecasts, known[..., first:, None].expand_as(forecasts)
 
 
 def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor, Tensor]:

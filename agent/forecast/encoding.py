@@ -101,17 +101,20 @@ class PayloadEncoder:
             # [rows, levels, steps], C-contiguous: each level of a row is one array to orjson.
             columns[h] = np.ascontiguousarray(round_significant(q, self._digits).transpose(0, 2, 1))
         issued_at = round(now, 3)
-        times: dict[int, np.ndarray] = {}  # each step's time, unless compact
-        if self._with_ts:
-            ends = np.fromiter((row.grid_end for row in rows), np.float64, len(rows))[:, None]
-            spacing = np.fromiter((row.interval_s for row in rows), np.float64, len(rows))[:, None]
-            times = {h: np.round(ends + spacing * self._steps[h], 6) for h in self._horizons}
         keys, heads = self._level_keys, [(str(h), h) for h in self._horizons]
+        # Each step's time, unless compact: the same for every stream on the same grid (a
+        # site's sensors usually are), so written once per grid and spliced in as JSON.
+        times: dict[tuple[float, float], dict[int, orjson.Fragment]] = {}
         payloads = []
         for i, row in enumerate(rows):
+            if self._with_ts:
+                grid = (row.grid_end, row.interval_s)
+                step_times = times.get(grid)
+                if step_times is None:
+                    step_times = times[grid] = self._step_times(*grid)
             horizons = {
                 name: {
-                    **({"ts": times[h][i]} if times else {}),
+                    **({"ts": step_times[h]} if self._with_ts else {}),
                     "median": medians[h][i],
                     "quantiles": dict(zip(keys, columns[h][i], strict=True)),
                 }
@@ -130,3 +133,12 @@ class PayloadEncoder:
                 payload.update(extras[i])
             payloads.append(orjson.dumps(payload, option=_OPTIONS))
         return payloads
+
+    def _step_times(self, grid_end: float, interval_s: float) -> dict[int, orjson.Fragment]:
+        """The JSON of each horizon's step times on one grid (rounded to the microsecond)."""
+        return {
+            h: orjson.Fragment(
+                orjson.dumps(np.round(grid_end + interval_s * self._steps[h], 6), option=_OPTIONS)
+            )
+            for h in self._horizons
+        }

@@ -33,13 +33,11 @@ class OutputHealth:
         per_run = np.diff(np.append(starts, rows))
         for horizon, q in quantiles.items():
             name = output_name(horizon)
-            values = np.asarray(q, dtype=np.float64)
-            finite = np.isfinite(values).all(axis=(1, 2))
+            values = np.asarray(q)
+            # NaN and inf propagate through a sum, which float64 cannot overflow here.
+            finite = np.isfinite(values.reshape(rows, -1).sum(axis=1, dtype=np.float64))
             self.non_finite[name] = self.non_finite.get(name, 0) + int(np.count_nonzero(~finite))
-            # A relative slack: float rounding of two equal quantiles is not a crossing.
-            with np.errstate(invalid="ignore"):
-                slack = 1e-6 * (1.0 + np.abs(values).max(axis=-1, keepdims=True))
-                crossed = (np.diff(values, axis=-1) < -slack).any(axis=-1).sum(axis=1)
+            crossed = _crossed_steps(values)
             whole = np.add.reduceat(finite.astype(np.int64), starts) == per_run
             if not whole.any():
                 continue  # crossings of NaN say nothing
@@ -59,6 +57,22 @@ class OutputHealth:
             if share > max_crossing_share:
                 return "crossing", f"{name}: quantiles cross in {share:.1%} of the steps"
         return None
+
+
+def _crossed_steps(values: np.ndarray) -> np.ndarray:
+    """Per row of `[rows, steps, levels]`, the steps whose quantiles cross by more than a
+    relative slack: float rounding of two equal quantiles is not a crossing. The slack is
+    worked out only for the steps that decrease at all, which outputs of a healthy model
+    rarely do (a 1000-stream tick judges ~1M values)."""
+    decreasing = (values[..., 1:] < values[..., :-1]).any(axis=-1)
+    rows, steps = np.nonzero(decreasing)
+    crossed = np.zeros(values.shape[0], dtype=np.int64)
+    if rows.size:
+        candidates = values[rows, steps].astype(np.float64)
+        slack = 1e-6 * (1.0 + np.abs(candidates).max(axis=-1, keepdims=True))
+        real = (np.diff(candidates, axis=-1) < -slack).any(axis=-1)
+        np.add.at(crossed, rows[real], 1)
+    return crossed
 
 
 @dataclass

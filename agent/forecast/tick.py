@@ -235,13 +235,21 @@ class Forecaster:
         intervals: list[float] = []
         lengths: list[int] = []
         for stream in streams:
-            snapshot = context.registry.snapshot(stream)
-            arrival = context.registry.last_arrival(stream)
-            if snapshot is None or snapshot[0].size == 0 or arrival is None:
-                continue
-            ts = snapshot[0]
             rule = self._rule(stream)
-            interval = self._interval(stream, ts, rule.interval_s if rule else "auto")
+            configured = rule.interval_s if rule else "auto"
+            wanted = rule.context_points if rule and rule.context_points else context_length
+            length = min(wanted, context_length)
+            known = self._known_interval(stream, configured)
+            # Once the interval is known, only the readings the grid's bins can hold (and a
+            # bin more, against rounding) are copied: a stream's buffer holds up to
+            # `limits.streams.max_points` (2048) readings, and a tick holds every due
+            # stream's. Detecting the interval takes them all, once.
+            span_s = math.inf if known is None else (length + 2) * known
+            recent = context.registry.recent(stream, span_s)
+            if recent is None or recent[0].size == 0:
+                continue
+            ts, values, arrival = recent
+            interval = known if known is not None else self._interval(stream, ts, configured)
             if interval is None:
                 self._skip(stream, skipped, "no_interval", "")
                 continue
@@ -256,14 +264,11 @@ class Forecaster:
             if unchanged and not on_trial:
                 skipped["unchanged"] += 1
                 continue
-            wanted = rule.context_points if rule and rule.context_points else context_length
-            length = min(wanted, context_length)
-            # Only the readings the grid's bins hold (and one bin more, against rounding),
-            # copied: a stream's buffer holds up to `limits.streams.max_points` (2048)
-            # readings, and a tick holds every due stream's. Buffers are in time order.
-            first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
+            if known is None:  # the whole buffer: keep only what the grid holds
+                first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
+                ts, values = ts[first:].copy(), values[first:].copy()
             due.append((stream, rule, unchanged))
-            series.append((ts[first:].copy(), snapshot[1][first:].copy()))
+            series.append((ts, values))
             intervals.append(interval)
             lengths.append(length)
         rows = []
@@ -324,12 +329,18 @@ class Forecaster:
             return max(STALE_INTERVALS * interval_s, STALE_MIN_S)
         return configured
 
+    def _known_interval(
+        self, stream: StreamId, configured: float | Literal["auto"]
+    ) -> float | None:
+        """The stream's interval when configured or already detected, else None."""
+        if isinstance(configured, float):
+            return configured
+        return self._detected_intervals.get(stream)
+
     def _interval(
         self, stream: StreamId, ts: np.ndarray, configured: float | Literal["auto"]
     ) -> float | None:
-        if isinstance(configured, float):
-            return configured
-        interval = self._detected_intervals.get(stream)
+        interval = self._known_interval(stream, configured)
         if interval is None:
             # Detected once and kept: a re-detected interval could re-phase the grid.
             interval = detect_interval(ts)

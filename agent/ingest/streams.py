@@ -168,14 +168,25 @@ class StreamBuffer:
         if math.isfinite(last_arrival):
             self.last_arrival = last_arrival
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the held (ts, values), oldest first, as float64 arrays."""
-        return _tail_copy(self._ts, self._max_points), _tail_copy(self._values, self._max_points)
+    def arrays(self, span_s: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the held (ts, values), oldest first, as float64 arrays: those at most
+        `span_s` older than the newest, by default all."""
+        n = len(self)
+        if n and span_s < math.inf:
+            n -= _first_from(self._ts, n, self._ts[-1] - span_s)
+        return _tail_copy(self._ts, n), _tail_copy(self._values, n)
 
 
 def _tail_copy(column: array, n: int) -> np.ndarray:
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
     # The frombuffer view pins `column` against resizing; it dies with this expression.
     return np.frombuffer(column, dtype=np.float64)[-n:].copy()
+
+
+def _first_from(column: array, n: int, start: float) -> int:
+    """The index, among the last `n` of ascending `column`, of the first value >= `start`."""
+    return int(np.frombuffer(column, dtype=np.float64)[-n:].searchsorted(start, "left"))
 
 
 class StreamRegistry:
@@ -258,6 +269,19 @@ class StreamRegistry:
         with self._lock:
             buffer = self._buffers.get(stream)
             return None if buffer is None else buffer.arrays()
+
+    def recent(
+        self, stream: StreamId, span_s: float = math.inf
+    ) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Copies of `stream`'s (ts, values) at most `span_s` older than its newest reading (by
+        default all), and when its newest readings arrived (`last_arrival`), in one look-up;
+        None for an unknown stream. The tick asks for what its grid covers: a full buffer
+        is several times a grid's span, and the tick copies every due stream's."""
+        with self._lock:
+            buffer = self._buffers.get(stream)
+            if buffer is None:
+                return None
+            return (*buffer.arrays(span_s), buffer.last_arrival)
 
     def last_arrival(self, stream: StreamId) -> float | None:
         """When `stream`'s newest readings arrived (agent clock; -inf when restored without a

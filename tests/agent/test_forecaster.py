@@ -196,6 +196,33 @@ def test_rows_are_the_streams_grids_left_padded(
     assert irregular["payload"]["grid_end"] == grid_end
 
 
+def test_a_detected_interval_grids_the_same_from_the_whole_buffer_and_from_its_tail(
+    bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
+) -> None:
+    # The first tick detects the interval on the whole buffer; later ones copy only the
+    # readings their grid covers. Both must give the grid of the whole buffer.
+    rng = np.random.default_rng(2)
+    ts = NOW - 12_000 + np.cumsum(rng.uniform(9.5, 10.5, size=1000))  # irregular, ~10 s apart
+    values = np.cos(ts / 500) + rng.normal(0, 0.1, ts.size)
+    stream = StreamId("site", "jittery")
+    registry = StreamRegistry()
+    registry.insert(stream, [Reading(t, v) for t, v in zip(ts, values, strict=True)])
+    context = bundle.manifest.context_length
+    fc = Forecaster(bundle, settings_with(tmp_path, forecast={"publish": "every_tick"}))
+    tick(fc, registry, now=float(ts[-1]) + 5)
+    late = [Reading(float(ts[-1]) + 7.0, 9.0), Reading(float(ts[-1]) + 19.0, -9.0)]
+    registry.insert(stream, late)
+    tick(fc, registry, now=float(ts[-1]) + 20)
+    first, second = runs
+    _, grid = to_grid(ts, values, 10.0, context)
+    np.testing.assert_array_equal(first[0], grid)
+    every_ts = np.append(ts, [r.ts for r in late])
+    every_value = np.append(values, [r.value for r in late])
+    _, grid = to_grid(every_ts, every_value, 10.0, context)
+    np.testing.assert_array_equal(second[0], grid)
+    assert not np.array_equal(first[0], second[0])
+
+
 def test_streams_with_too_little_data_are_skipped_and_counted(
     bundle: Bundle, runs: list[np.ndarray], tmp_path: Path
 ) -> None:

@@ -144,3 +144,29 @@ def test_concurrent_insert_and_snapshot_stay_consistent() -> None:
             assert np.array_equal(ts, values)
             assert np.all(np.diff(ts) > 0)
     writer.join()
+
+
+def test_recent_copies_the_readings_within_a_span_of_the_newest() -> None:
+    limits = StreamLimits(max_points=50, lateness_s=1000)
+    registry = StreamRegistry(limits)
+    # 80 readings into a buffer of 50 (trimming holds a few more than 50 until it moves).
+    registry.insert(TEMP, [Reading(10.0 * t, float(t)) for t in range(80)], arrival_ts=1234.0)
+    ts, values, arrival = registry.recent(TEMP)  # type: ignore[misc]
+    assert ts.tolist() == [10.0 * t for t in range(30, 80)]  # max_points, not what is held
+    assert values.tolist() == [float(t) for t in range(30, 80)]
+    assert arrival == 1234.0
+    ts, values, _ = registry.recent(TEMP, 35.0)  # type: ignore[misc]
+    assert ts.tolist() == [760.0, 770.0, 780.0, 790.0]
+    assert values.tolist() == [76.0, 77.0, 78.0, 79.0]
+    ts, _, _ = registry.recent(TEMP, 29.5)  # type: ignore[misc]
+    assert ts.tolist() == [770.0, 780.0, 790.0]
+    ts, _, _ = registry.recent(TEMP, 30.0)  # type: ignore[misc]
+    assert ts.tolist() == [760.0, 770.0, 780.0, 790.0]  # at most 30 s older: 760 is
+    ts, _, _ = registry.recent(TEMP, 0.0)  # type: ignore[misc]
+    assert ts.tolist() == [790.0]
+    ts, _, _ = registry.recent(TEMP, 1e9)  # type: ignore[misc]
+    assert ts.size == 50
+    # The copies are the tick's own: later readings do not change them.
+    registry.insert(TEMP, [Reading(800.0, -1.0)])
+    assert ts[-1] == 790.0
+    assert registry.recent(StreamId("boiler", "other")) is None

@@ -27,7 +27,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from moecast.agent.forecast.alerts import AlertRule, AlertTracker
@@ -74,6 +74,18 @@ class GridRow:
     low: float = -np.inf  # the stream rule's bounds, clipping its forecast
     high: float = np.inf
     publish: bool = True  # False: run for a model on trial only, the forecast is unchanged
+
+
+class _Due(NamedTuple):
+    """A stream due for a forecast, before gridding: the readings its grid covers."""
+
+    stream: StreamId
+    rule: StreamRule | None
+    unchanged: bool  # due only because a model on trial runs unchanged streams too
+    ts: np.ndarray
+    values: np.ndarray
+    interval: float
+    length: int
 
 
 class _Model:
@@ -230,10 +242,10 @@ class Forecaster:
         settings = self.settings.forecast
         on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
         streams = context.registry.streams()
-        due: list[tuple[StreamId, StreamRule | None, bool]] = []
-        series: list[tuple[np.ndarray, np.ndarray]] = []
-        intervals: list[float] = []
-        lengths: list[int] = []
+        rows: list[GridRow] = []
+        # Due streams are gridded BLOCK at a time, as they are found: the copies of their
+        # readings and the gridding's temporary arrays are then a block's, not the tick's.
+        due: list[_Due] = []
         for stream in streams:
             rule = self._rule(stream)
             configured = rule.interval_s if rule else "auto"
@@ -267,33 +279,37 @@ class Forecaster:
             if known is None:  # the whole buffer: keep only what the grid holds
                 first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
                 ts, values = ts[first:].copy(), values[first:].copy()
-            due.append((stream, rule, unchanged))
-            series.append((ts, values))
-            intervals.append(interval)
-            lengths.append(length)
-        rows = []
-        for start in range(0, len(due), BLOCK):  # bounds the gridding's temporary arrays
-            part = slice(start, start + BLOCK)
-            ends, grids = to_grids(series[part], intervals[part], lengths[part])
-            for (stream, rule, unchanged), interval, grid_end, grid in zip(
-                due[part], intervals[part], ends, grids, strict=True
-            ):
-                observed = int(np.count_nonzero(~np.isnan(grid)))
-                if observed < settings.min_observed_bins:
-                    detail = f"{observed} of {grid.size} bins"
-                    self._skip(stream, skipped, "too_few_points", detail)
-                    continue
-                low, high = _bounds(rule)
-                alerts = rule.alerts if rule else []
-                rows.append(
-                    GridRow(stream, interval, grid_end, grid, alerts, low, high, not unchanged)
-                )
+            due.append(_Due(stream, rule, unchanged, ts, values, interval, length))
+            if len(due) == BLOCK:
+                rows += self._grid(due, skipped)
+                due = []
+        rows += self._grid(due, skipped)
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)
             self._published = {s: p for s, p in self._published.items() if s in live}
             self._skip_logged = {s: r for s, r in self._skip_logged.items() if s in live}
             self._rules = {s: r for s, r in self._rules.items() if s in live}
+        return rows
+
+    def _grid(self, due: list[_Due], skipped: Counter[str]) -> list[GridRow]:
+        """The model rows of due streams, gridded together; streams whose grid observes
+        too few bins are skipped."""
+        if not due:
+            return []
+        rows = []
+        series = [(d.ts, d.values) for d in due]
+        ends, grids = to_grids(series, [d.interval for d in due], [d.length for d in due])
+        for d, grid_end, grid in zip(due, ends, grids, strict=True):
+            observed = int(np.count_nonzero(~np.isnan(grid)))
+            if observed < self.settings.forecast.min_observed_bins:
+                self._skip(d.stream, skipped, "too_few_points", f"{observed} of {grid.size} bins")
+                continue
+            low, high = _bounds(d.rule)
+            alerts = d.rule.alerts if d.rule else []
+            rows.append(
+                GridRow(d.stream, d.interval, grid_end, grid, alerts, low, high, not d.unchanged)
+            )
         return rows
 
     def _rule(self, stream: StreamId) -> StreamRule | None:

@@ -2,6 +2,7 @@
 
     python benchmarks/agent_throughput.py            # full run, about 4 minutes
     python benchmarks/agent_throughput.py --quick    # shorter runs, about 1.5 minutes
+    python benchmarks/agent_throughput.py --gil-profile  # plus where the GIL goes (py-spy)
 
 Four kinds of process, as on a device: a private mosquitto on a free port; the agent
 (`python -m moecast.cli agent --config F`, the shipped default bundle with `trust_dev_key`);
@@ -25,6 +26,9 @@ Python subscriber takes messages, so what is measured is the receiving side, not
 3. Where the agent's time goes: a second agent, its writer thread under cProfile (a child
    process running this file with `profiled-agent`), takes a QoS 1 single-reading flood; the
    functions with the most own time are printed. Slower than unprofiled, so not timed.
+   With `--gil-profile` (py-spy installed), the ingest agent then takes the QoS 0 flood once
+   more under `py-spy record --gil`: the share of GIL samples per thread (paho's network
+   thread against the writer) and the functions holding it most. Not timed.
 4. Forecasting, in a fresh agent: FORECAST_STREAMS streams with a full context of history
    (600 readings 10 s apart, loaded by a paho publisher), cadence CADENCE_S; per tick, from the
    tick's start (its `issued_at`) to the arrival of its last forecast at a subscriber of
@@ -596,6 +600,51 @@ def measure_profile(root: Path, broker: Broker, watcher: Watcher, messages: int)
     return "\n".join([header, *lines[start:]])
 
 
+def measure_gil_profile(
+    agent: AgentProcess, watcher: Watcher, port: int, files: list[tuple[str, Path]], out: Path
+) -> str:
+    """Which of the agent's threads holds the GIL over a QoS 0 single-reading flood, and in
+    what: py-spy's `--gil` samples, summed per thread and by own time. Not timed (sampling
+    pauses the process); the flood is the measured one again."""
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        return "GIL profile: py-spy is not installed (pip install py-spy)"
+    spy = subprocess.Popen(
+        [py_spy, "record", "--gil", "--threads", "--rate", "500", "--format", "raw",
+         "--pid", str(agent.process.pid), "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached before the flood
+    base = wait(watcher.latest, 10, "metrics")["readings_accepted"]
+    flood(port, 0, files)
+    wait(lambda: (watcher.latest() or {}).get("readings_accepted", 0) > base, 60, "storing")
+    time.sleep(3.0)  # the queue drains
+    spy.send_signal(signal.SIGINT)
+    _, errors = spy.communicate(timeout=60)
+    if not out.exists():
+        return f"GIL profile: py-spy failed: {errors.decode(errors='replace')[-500:]}"
+    threads: dict[str, int] = defaultdict(int)
+    own: dict[tuple[str, str], int] = defaultdict(int)
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        thread = re.sub(r"^thread \(\w+\): ", "", frames[0])
+        thread = re.sub(r"-\d+$|-moecast.*$", "", thread)
+        leaf = re.sub(r" \((?:.*/)?([^/]+):\d+\)$", r" (\1)", frames[-1])
+        threads[thread] += int(count)
+        own[(thread, leaf)] += int(count)
+    total = sum(threads.values()) or 1
+    lines = [
+        "GIL profile, QoS 0 flood (py-spy --gil, 500 Hz): share of samples per thread: "
+        + ", ".join(f"{t} {n / total:.0%}" for t, n in sorted(threads.items(), key=lambda x: -x[1]))
+    ]
+    for (thread, leaf), n in sorted(own.items(), key=lambda x: -x[1])[:14]:
+        lines.append(f"  {n / total:6.1%}  {thread[:18]:<18} {leaf}")
+    return "\n".join(lines)
+
+
 def measure_ticks(agent: AgentProcess, watcher: Watcher, port: int, ticks: int) -> dict[str, Any]:
     """Load every stream's history, then time `ticks` complete forecasting ticks."""
     publisher = run_publisher(
@@ -735,6 +784,12 @@ def main_benchmark(args: argparse.Namespace) -> int:
                     flush=True,
                 )
             memory["ingest"] = agent.memory_mb()
+            if args.gil_profile:
+                print("profiling the GIL over a QoS 0 flood ...", flush=True)
+                qos0_files = floods["qos0"][1]
+                results["gil_profile"] = measure_gil_profile(
+                    agent, watcher, broker.port, qos0_files, root / "qos0.spy"
+                )
             results["ingest_agent_exit"] = agent.stop()
 
             print("profiling the writer ...", flush=True)
@@ -813,6 +868,8 @@ def report(measured: dict[str, float], results: dict[str, Any]) -> None:
             f" of {r['messages']:,}, {r['per_s']:,.0f} messages/s; load {r['load_average']}"
         )
     print("\n" + results["writer_profile"] + "\n")
+    if "gil_profile" in results:
+        print(results["gil_profile"] + "\n")
     ticks = results["ticks"]
     median = statistics.median
     print(
@@ -859,6 +916,11 @@ def main() -> int:
     profiled.add_argument("--config", required=True)
     profiled.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument(
+        "--gil-profile",
+        action="store_true",
+        help="also sample which thread holds the GIL over a QoS 0 flood (needs py-spy)",
+    )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "agent_throughput.json"
     )

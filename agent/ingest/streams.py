@@ -266,30 +266,23 @@ class StreamRegistry:
 
     def snapshot(self, stream: StreamId) -> tuple[np.ndarray, np.ndarray] | None:
         """Copies of `stream`'s (ts, values), or None for an unknown stream."""
-        with self._lock:
-            buffer = self._buffers.get(stream)
-            return None if buffer is None else buffer.arrays()
+        recent = self.recent(stream)
+        return None if recent is None else recent[:2]
 
     def recent(
         self, stream: StreamId, span_s: float = math.inf
     ) -> tuple[np.ndarray, np.ndarray, float] | None:
         """Copies of `stream`'s (ts, values) at most `span_s` older than its newest reading (by
         default all), and when its newest readings arrived (`last_arrival`), in one look-up;
-        None for an unknown stream. The tick asks for what its grid covers: a full buffer
+        None for an unknown stream; `last_arrival` is -inf when it was restored without a
+        known arrival. Staleness is judged on arrival, not on event time: a stream that just
+        received a month of history is live. The tick asks for what its grid covers: a full buffer
         is several times a grid's span, and the tick copies every due stream's."""
         with self._lock:
             buffer = self._buffers.get(stream)
             if buffer is None:
                 return None
             return (*buffer.arrays(span_s), buffer.last_arrival)
-
-    def last_arrival(self, stream: StreamId) -> float | None:
-        """When `stream`'s newest readings arrived (agent clock; -inf when restored without a
-        known arrival), or None for an unknown stream. Staleness is judged on this, not on
-        event time: a stream that just received a month of history is live."""
-        with self._lock:
-            buffer = self._buffers.get(stream)
-            return None if buffer is None else buffer.last_arrival
 
     def restore(
         self,

@@ -3,6 +3,7 @@ around it: steadier than agent_throughput.py's tick figure, and it says where th
 
     python benchmarks/tick_cost.py                  # 1000 streams, 12 ticks, no broker
     python benchmarks/tick_cost.py --broker         # plus the same ticks publishing to mosquitto
+    python benchmarks/tick_cost.py --payload compact   # forecast.payload: compact
 
 The agent's own `Forecaster` ticks over a registry of STREAMS streams (HISTORY readings each,
 INTERVAL_S apart, one new reading per stream before every tick, so every stream is due) with
@@ -173,11 +174,12 @@ def median_ms(results: list[dict[str, float]], key: str) -> float:
     return 1e3 * statistics.median(r.get(key, 0.0) for r in results)
 
 
-def without_broker(streams: int, ticks: int, storage: Path) -> None:
+def without_broker(streams: int, ticks: int, storage: Path, payload: str) -> None:
     start = time.time() - (HISTORY + ticks) * INTERVAL_S
     registry, ids = make_registry(streams, start)
     bundle = FakeBundle()
-    forecaster = tick.Forecaster(bundle, load_settings(None, storage_dir=storage))  # type: ignore[arg-type]
+    settings = load_settings(None, storage_dir=storage, forecast={"payload": payload})
+    forecaster = tick.Forecaster(bundle, settings)  # type: ignore[arg-type]
     results = run_ticks(forecaster, bundle, registry, ids, start, ticks, NullLink())[2:]
     print(f"\n1. no broker: median of {len(results)} ticks (after 2 to warm up), milliseconds")
     for name, _, _ in STAGES:
@@ -188,7 +190,7 @@ def without_broker(streams: int, ticks: int, storage: Path) -> None:
     print(f"  {'the fake model':42s} {median_ms(results, 'model'):7.1f}")
 
 
-def with_broker(streams: int, ticks: int, storage: Path, directory: Path) -> None:
+def with_broker(streams: int, ticks: int, storage: Path, directory: Path, payload: str) -> None:
     broker = Broker(directory)
     # The subscriber is a process of its own, as a dashboard would be: a paho client in this
     # process would take the GIL from the tick for every forecast it receives.
@@ -213,6 +215,7 @@ def with_broker(streams: int, ticks: int, storage: Path, directory: Path) -> Non
         storage_dir=storage,
         agent_id="tick-cost",
         broker={"url": f"mqtt://127.0.0.1:{broker.port}"},
+        forecast={"payload": payload},
     )
     link = build_link(settings)
     link.start()
@@ -254,19 +257,23 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=12)
     parser.add_argument("--broker", action="store_true", help="also publish to a mosquitto")
+    parser.add_argument(
+        "--payload", choices=("full", "compact"), default="full", help="forecast.payload"
+    )
     args = parser.parse_args()
     print(f"$ python {' '.join(sys.argv)}")
     print(
         f"{cpu_description()}, {len(os.sched_getaffinity(0))} cores, load {load_average()}; "
         f"{args.streams} streams, context {_Manifest.context_length}, "
-        f"horizons {list(_Manifest.horizons)}, {len(_Manifest.quantiles)} levels"
+        f"horizons {list(_Manifest.horizons)}, {len(_Manifest.quantiles)} levels, "
+        f"{args.payload} payloads"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        without_broker(args.streams, args.ticks, Path(tmp) / "alone")
+        without_broker(args.streams, args.ticks, Path(tmp) / "alone", args.payload)
         if args.broker:
             broker_dir = Path(tmp) / "broker"
             broker_dir.mkdir()
-            with_broker(args.streams, args.ticks, Path(tmp) / "linked", broker_dir)
+            with_broker(args.streams, args.ticks, Path(tmp) / "linked", broker_dir, args.payload)
     print(f"load average at the end: {load_average()}")
     return 0
 

@@ -163,9 +163,9 @@ def run_ticks(
             seconds = time.perf_counter() - started
             cpu = time.process_time() - cpu
         after_tick()
+        done = time.perf_counter() - started
         results.append(
-            {**spent, "tick": seconds, "cpu": cpu, "model": bundle.seconds}
-            | {"done": time.perf_counter() - started}
+            {**spent, "tick": seconds, "cpu": cpu, "model": bundle.seconds, "done": done}
         )
     return results
 

@@ -35,7 +35,8 @@ class OutputHealth:
             name = output_name(horizon)
             values = np.asarray(q)
             # NaN and inf propagate through a sum, which float64 cannot overflow here.
-            finite = np.isfinite(values.reshape(rows, -1).sum(axis=1, dtype=np.float64))
+            with np.errstate(invalid="ignore"):  # inf - inf is NaN: not finite either way
+                finite = np.isfinite(values.reshape(rows, -1).sum(axis=1, dtype=np.float64))
             self.non_finite[name] = self.non_finite.get(name, 0) + int(np.count_nonzero(~finite))
             crossed = _crossed_steps(values)
             whole = np.add.reduceat(finite.astype(np.int64), starts) == per_run
@@ -69,8 +70,9 @@ def _crossed_steps(values: np.ndarray) -> np.ndarray:
     crossed = np.zeros(values.shape[0], dtype=np.int64)
     if rows.size:
         candidates = values[rows, steps].astype(np.float64)
-        slack = 1e-6 * (1.0 + np.abs(candidates).max(axis=-1, keepdims=True))
-        real = (np.diff(candidates, axis=-1) < -slack).any(axis=-1)
+        with np.errstate(invalid="ignore"):  # inf - inf in a row that is not finite anyway
+            slack = 1e-6 * (1.0 + np.abs(candidates).max(axis=-1, keepdims=True))
+            real = (np.diff(candidates, axis=-1) < -slack).any(axis=-1)
         np.add.at(crossed, rows[real], 1)
     return crossed
 

@@ -3,6 +3,8 @@ judged in one call (the tick sorts and publishes blocks of runs together)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from moecast.agent.forecast.outcome import OutputHealth
 
@@ -71,3 +73,14 @@ def test_the_fast_crossing_count_equals_a_step_by_step_reference() -> None:
     health.observe_runs({8: q}, 8)
     expected = _reference_crossings(q).reshape(8, 8).sum(axis=1) / (8 * 8)
     assert health.crossing_share == {"h8": float(expected.max())}
+
+
+def test_a_row_of_infinities_is_not_finite_and_judged_without_warnings() -> None:
+    q = np.sort(np.random.default_rng(3).normal(size=(4, 2, 5)), axis=-1)
+    q[1, 0] = [-np.inf, -np.inf, 3.0, 2.0, np.inf]  # decreasing, and inf - inf on the way
+    health = OutputHealth()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        health.observe_runs({2: q}, 2)
+    assert health.non_finite == {"h2": 1}
+    assert health.crossing_share == {"h2": 0.0}  # the one whole run has no crossing

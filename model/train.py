@@ -6,6 +6,12 @@ A run directory holds `last/` (weights, config and optimiser state, written atom
 `--checkpoint-every` steps), `log.jsonl` (one line per logged step) and nothing else; running
 the same command again resumes from `last/`. Under `torchrun` each rank draws its own batches
 and DDP averages the gradients; only rank 0 writes.
+
+On a GPU the synthetic data, not the network, is the bottleneck: `--workers N` draws batches in
+N processes (a batch is a pure function of (seed, step), so workers change nothing but speed),
+and `--time-budget S` fits the run to S seconds of wall time: it times steps during warmup and
+sets `--steps` from that before the cosine decay starts, so the run ends with a finished
+schedule. The log records the steps it chose; `--steps N` alone reproduces the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from moecast.model.network import MoecastModel
 from tqdm import tqdm
 
 TRAINER_STATE = "trainer.pt"
+# Steps timed by --time-budget: after the first (allocator, worker start-up), before warmup ends.
+PROBE_FROM, PROBE_TO = 10, 60
+OVERRUN = 1.1  # share of --time-budget after which a run that fell behind stops (checkpointed)
 
 
 @dataclass
@@ -45,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     real_weight: float = 0.3  # share of windows cut from the real pretraining corpus
+    mixup: float = 0.0  # share of windows that are TSMixup blends of 2-3 draws
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 250
@@ -54,6 +64,9 @@ class TrainConfig:
     patch_len: int | None = None  # override the preset's patch length
     stop_at: int | None = None  # pause here (checkpointed); rerun to continue the same schedule
     init: Path | None = None  # start a new run from these weights (parameters it lacks stay new)
+    workers: int = 0  # processes drawing batches (0: in the training process)
+    time_budget_s: float | None = None  # fit --steps to this wall time (see the module doc)
+    amp: bool = True  # bfloat16 autocast on CUDA (CPU always trains in float32)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -128,8 +141,46 @@ def build_sampler(cfg: TrainConfig, context_length: int, horizon: int, rank: int
         real=real,
         synthetic=SyntheticMixture(),
         real_weight=cfg.real_weight,
+        mixup_probability=cfg.mixup,
         seed=cfg.seed * 1000 + rank,
     )
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch `step` of a sampler, for a DataLoader whose index is the step."""
+
+    def __init__(self, sampler: WindowSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return torch.from_numpy(self.sampler.batch(step, self.batch_size))
+
+
+def _batches(sampler: WindowSampler, cfg: TrainConfig, start: int, end: int, pin: bool):
+    if cfg.workers <= 0:
+        return (torch.from_numpy(sampler.batch(step, cfg.batch_size)) for step in range(start, end))
+    return iter(
+        torch.utils.data.DataLoader(
+            _Batches(sampler, cfg.batch_size),
+            sampler=range(start, end),
+            batch_size=None,
+            num_workers=cfg.workers,
+            pin_memory=pin,
+            prefetch_factor=4,
+        )
+    )
+
+
+def fitted_steps(cfg: TrainConfig, done: int, probe_s: float, elapsed_s: float) -> int:
+    """The step count that ends the run within `cfg.time_budget_s`, from `PROBE_TO -
+    PROBE_FROM` steps timed at `probe_s` and `elapsed_s` spent so far; never above
+    `cfg.steps`, never below the next step."""
+    per_step = probe_s / (PROBE_TO - PROBE_FROM)
+    left = max(0.0, cfg.time_budget_s - elapsed_s)
+    return max(done + 1, min(cfg.steps, done + int(left / per_step)))
 
 
 def train(cfg: TrainConfig) -> MoecastModel:
@@ -156,19 +207,42 @@ def train(cfg: TrainConfig) -> MoecastModel:
     config = model.config
     sampler = build_sampler(cfg, config.context_length, config.max_horizon, rank)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.amp
+        else nullcontext()
     )
     cfg.run.mkdir(parents=True, exist_ok=True)
     log = (cfg.run / "log.jsonl").open("a") if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0, desc=f"train {cfg.preset}")
     points = cfg.batch_size * config.context_length * world
-    tick = time.perf_counter()
+    began = tick = time.perf_counter()
+    probe_start = 0.0
     model.train()
     end = min(cfg.steps, cfg.stop_at or cfg.steps)
+    batches = _batches(sampler, cfg, start, end, pin=device.type == "cuda")
     for step in range(start, end):
+        if step >= cfg.steps:  # --time-budget shortened the run
+            break
+        if cfg.time_budget_s and step - start in (PROBE_FROM, PROBE_TO):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            if step - start == PROBE_FROM:
+                probe_start = now
+            else:
+                cfg.steps = fitted_steps(cfg, step, now - probe_start, now - began)
+                if dist.is_initialized():  # every rank must stop at rank 0's step
+                    agreed = torch.tensor([cfg.steps], device=device)
+                    dist.broadcast(agreed, 0)
+                    cfg.steps = int(agreed.item())
+                end = min(cfg.steps, cfg.stop_at or cfg.steps)
+                bar.total = cfg.steps
+                print(f"\ntime budget {cfg.time_budget_s:.0f} s: --steps {cfg.steps}", flush=True)
+                if log is not None:
+                    log.write(json.dumps({"step": step, "fitted_steps": cfg.steps}) + "\n")
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        window = torch.from_numpy(sampler.batch(step, cfg.batch_size)).to(device)
+        window = next(batches).to(device, non_blocking=True)
         with autocast:
             parts = sequence_loss(model if ddp is None else ddp, window)
         opt.zero_grad(set_to_none=True)
@@ -196,6 +270,18 @@ def train(cfg: TrainConfig) -> MoecastModel:
             )
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end):
             _write_state(cfg.run, model, opt, done, cfg)
+        # Only a fitted run can fall behind; before the probe the budget has not been applied.
+        overdue = (
+            cfg.time_budget_s
+            and done - start > PROBE_TO
+            and time.perf_counter() - began > OVERRUN * cfg.time_budget_s
+        )
+        if overdue and rank == 0 and done % cfg.checkpoint_every and done != end:
+            _write_state(cfg.run, model, opt, done, cfg)
+        if overdue:
+            print(f"\nstopped at step {done}: over the time budget; rerun to finish", flush=True)
+        if done == end or overdue:
+            break
     bar.close()
 
     if rank == 0 and cfg.export is not None and end == cfg.steps:
@@ -220,6 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--real-weight", type=float, default=defaults.real_weight)
+    parser.add_argument("--mixup", type=float, default=defaults.mixup, help="TSMixup share")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--patch-len", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
@@ -230,6 +317,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, help="start a new run from this checkpoint's weights")
     parser.add_argument("--data-root", type=Path, help="default: ../shared/data or $MOECAST_DATA")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--workers", type=int, default=0, help="processes drawing batches")
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds: set --steps from the speed of early steps"
+    )
+    parser.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="train in float32 on CUDA too"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         real_weight=args.real_weight,
+        mixup=args.mixup,
         seed=args.seed,
         patch_len=args.patch_len,
         checkpoint_every=args.checkpoint_every,
@@ -251,6 +346,9 @@ def run(args: argparse.Namespace) -> int:
         export=args.export,
         data_root=args.data_root,
         init=args.init,
+        workers=args.workers,
+        time_budget_s=args.time_budget,
+        amp=args.amp,
     )
     train(cfg)
     print(f"checkpoint: {cfg.run / 'last'}" + (f"; exported to {cfg.export}" if cfg.export else ""))

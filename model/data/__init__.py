@@ -19,9 +19,11 @@ from moecast.model.data.corpus import (
     load_selection,
     load_series_file,
 )
+from moecast.model.data.cycles import CyclesSpec, cycles, draw_cycles_spec, render_cycles
 from moecast.model.data.gaps import drop_readings, irregular_sample
 from moecast.model.data.kernel_synth import Kernel, draw_kernel, kernel_synth, sample_gp
 from moecast.model.data.mixture import GENERATORS, SeriesGenerator, SyntheticMixture
+from moecast.model.data.ou import OUSpec, draw_ou_spec, ou_series, render_ou
 from moecast.model.data.sensor import SensorSpec, draw_sensor_spec, render_sensor, sensor_like
 from moecast.model.data.trend_seasonal import (
     TrendSeasonalSpec,
@@ -39,15 +41,20 @@ __all__ = [
     "SENSOR_BENCHMARK_SOURCES",
     "WEATHER_SENSOR_SOURCES",
     "CorpusError",
+    "CyclesSpec",
     "HeldOutSourceError",
     "Kernel",
+    "OUSpec",
     "SensorSpec",
     "Series",
     "SeriesGenerator",
     "SyntheticMixture",
     "TrendSeasonalSpec",
+    "cycles",
     "default_data_root",
+    "draw_cycles_spec",
     "draw_kernel",
+    "draw_ou_spec",
     "draw_sensor_spec",
     "draw_trend_seasonal_spec",
     "drop_readings",
@@ -57,6 +64,9 @@ __all__ = [
     "load_pretraining_corpus",
     "load_selection",
     "load_series_file",
+    "ou_series",
+    "render_cycles",
+    "render_ou",
     "render_sensor",
     "render_trend_seasonal",
     "sample_gp",

@@ -1,5 +1,10 @@
 """A weighted mixture of the synthetic generator families, in raw units and with gaps.
 
+The families: KernelSynth GP samples, trend + seasonality + ARMA, sensor-like series,
+piecewise-constant regimes, repeated daily profiles (cycles) and Ornstein-Uhlenbeck processes.
+Daily profiles weigh most: real sensors with a strong daily cycle are where the model has
+trailed seasonal naive.
+
 Each sample picks a family by weight, standardises its output, then applies a random scale and
 offset spanning the units real sensors report in (0.01 .. 1e5, offsets up to a few hundred
 scales, e.g. 1013 hPa +- 5 or 21.5 degC +- 2): the model z-scores internally and must be
@@ -12,8 +17,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 from moecast.model.data._validation import require_fraction
+from moecast.model.data.cycles import cycles
 from moecast.model.data.gaps import drop_readings
 from moecast.model.data.kernel_synth import kernel_synth
+from moecast.model.data.ou import ou_series
 from moecast.model.data.regimes import regime_series
 from moecast.model.data.sensor import sensor_like
 from moecast.model.data.trend_seasonal import trend_seasonal
@@ -25,12 +32,16 @@ GENERATORS: Mapping[str, SeriesGenerator] = {
     "trend_seasonal": trend_seasonal,
     "sensor": sensor_like,
     "regimes": regime_series,
+    "cycles": cycles,
+    "ou": ou_series,
 }
 DEFAULT_WEIGHTS: Mapping[str, float] = {
-    "kernel_synth": 0.3,
-    "trend_seasonal": 0.25,
-    "sensor": 0.3,
-    "regimes": 0.15,
+    "kernel_synth": 0.15,
+    "trend_seasonal": 0.15,
+    "sensor": 0.2,
+    "regimes": 0.1,
+    "cycles": 0.25,
+    "ou": 0.15,
 }
 
 LOG10_SCALE_RANGE = (-2.0, 5.0)

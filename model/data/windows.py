@@ -4,6 +4,12 @@ Every window is damaged the way sensor histories are: readings dropped at random
 gaps, and sometimes a short history (the start of the context is NaN, as when an agent has only
 just started). The forecast part keeps only the data's own NaN, which the loss skips.
 Batches are a pure function of (seed, step), so a resumed run sees the data it would have seen.
+
+With `mixup_probability`, a window is instead TSMixup (Chronos, Ansari et al., 2024): a convex
+combination of 2 or 3 independent draws, each standardised first so that no part dominates by
+its units, then put back in random raw units the way the synthetic mixture does. Mixing makes
+new patterns from real ones (a daily cycle under another series' drift) at no cost. The mixed
+window is missing wherever any part is; it is damaged like any other afterwards.
 """
 
 from __future__ import annotations
@@ -11,11 +17,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from moecast.model.data._validation import require_fraction
 from moecast.model.data.corpus import Series
 from moecast.model.data.gaps import drop_readings
-from moecast.model.data.mixture import SyntheticMixture
+from moecast.model.data.mixture import FLAT_SPREAD, SyntheticMixture, _to_raw_units
 
 MIN_OBSERVED = 8  # context points a window needs to be worth learning from
+MIXUP_PARTS = (2, 3)  # TSMixup combines this many draws
+
+
+def tsmixup(rng: np.random.Generator, parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, weights): the parts standardised, then combined with Dirichlet(1, ..) weights.
+
+    The mixture is in standard units (float64) and NaN wherever any part is NaN.
+    """
+    weights = rng.dirichlet(np.ones(len(parts)))
+    mixed = sum(w * _standardise_observed(p) for w, p in zip(weights, parts, strict=True))
+    return mixed, weights
 
 
 class WindowSampler:
@@ -29,9 +47,11 @@ class WindowSampler:
         seed: int = 0,
         damage_probability: float = 0.5,
         short_history_probability: float = 0.1,
+        mixup_probability: float = 0.0,
     ) -> None:
         if synthetic is None and not real:
             raise ValueError("a WindowSampler needs synthetic data, real series, or both")
+        require_fraction("mixup_probability", mixup_probability, upper_inclusive=True)
         self.context_length, self.horizon = context_length, horizon
         self.length = context_length + horizon
         # Real series shorter than one window cannot be cropped; they are left out.
@@ -43,6 +63,7 @@ class WindowSampler:
         self.seed = seed
         self.damage_probability = damage_probability
         self.short_history_probability = short_history_probability
+        self.mixup_probability = mixup_probability
         # Longer real series are drawn more often, in proportion to how many windows they hold.
         sizes = np.array([v.size - self.length + 1 for v in self.real], dtype=np.float64)
         self.real_p = sizes / sizes.sum() if self.real else None
@@ -56,7 +77,11 @@ class WindowSampler:
 
     def _window(self, rng: np.random.Generator) -> np.ndarray:
         while True:
-            window = self._draw(rng)
+            # Without mixup no random number is spent here: batches stay as they were.
+            if self.mixup_probability > 0 and rng.random() < self.mixup_probability:
+                window = self._mixup(rng)
+            else:
+                window = self._draw(rng)
             context = window[: self.context_length]
             if rng.random() < self.damage_probability:
                 context[:] = self._damage(rng, context)
@@ -74,6 +99,11 @@ class WindowSampler:
             return values[start : start + self.length].astype(np.float32, copy=True)
         return self.synthetic.sample(rng, self.length).astype(np.float32, copy=True)
 
+    def _mixup(self, rng: np.random.Generator) -> np.ndarray:
+        k = int(rng.choice(MIXUP_PARTS))
+        mixed, _ = tsmixup(rng, [self._draw(rng) for _ in range(k)])
+        return _to_raw_units(rng, mixed)
+
     def _damage(self, rng: np.random.Generator, context: np.ndarray) -> np.ndarray:
         damaged = drop_readings(
             context,
@@ -83,3 +113,16 @@ class WindowSampler:
             max_gap=int(rng.integers(1, self.context_length // 4)),
         )
         return context if np.isfinite(damaged).sum() < MIN_OBSERVED else damaged
+
+
+def _standardise_observed(values: np.ndarray) -> np.ndarray:
+    """z-scores over the observed points; NaN stays NaN, a flat or empty series becomes 0."""
+    values = values.astype(np.float64)
+    observed = values[np.isfinite(values)]
+    if observed.size == 0:
+        return values
+    mean, std = observed.mean(), observed.std()
+    # Raw units span 1e-2 .. 1e5, so flatness is judged against the level, as the mixture does.
+    if std <= FLAT_SPREAD * max(1.0, abs(mean)):
+        return np.where(np.isnan(values), np.nan, 0.0)
+    return (values - mean) / std

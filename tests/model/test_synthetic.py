@@ -479,6 +479,18 @@ def test_mixture_keeps_constant_series_constant() -> None:
     assert flat > 0  # KernelSynth's bank has a constant kernel, drawn alone now and then
 
 
+def test_default_mixture_draws_every_family_daily_cycles_most() -> None:
+    from moecast.model.data.mixture import DEFAULT_WEIGHTS
+
+    assert set(DEFAULT_WEIGHTS) == set(GENERATORS)
+    assert sum(DEFAULT_WEIGHTS.values()) == pytest.approx(1.0)
+    assert max(DEFAULT_WEIGHTS, key=DEFAULT_WEIGHTS.__getitem__) == "cycles"
+    rng = _rng(18)
+    mixture = SyntheticMixture(gap_probability=0.0)
+    families = {mixture.sample_with_family(rng, 32)[0] for _ in range(300)}
+    assert families == set(GENERATORS)
+
+
 def test_mixture_rejects_bad_weights() -> None:
     with pytest.raises(ValueError, match="unknown generator"):
         SyntheticMixture({"kernel_synth": 1.0, "chaos": 1.0})

@@ -8,7 +8,14 @@ import torch
 from moecast.model.checkpoint import load_checkpoint
 from moecast.model.data.mixture import SyntheticMixture
 from moecast.model.data.windows import WindowSampler
-from moecast.model.train import TrainConfig, learning_rate, train
+from moecast.model.train import (
+    PROBE_FROM,
+    PROBE_TO,
+    TrainConfig,
+    fitted_steps,
+    learning_rate,
+    train,
+)
 
 
 def config(tmp_path, steps: int, **changes) -> TrainConfig:
@@ -51,6 +58,34 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_ends(tmp_path):
     a, b = straight.state_dict(), load_checkpoint(tmp_path / "b" / "run" / "last").state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_worker_processes_draw_the_same_batches_as_the_training_process(tmp_path):
+    inline = train(config(tmp_path / "a", steps=3))
+    pooled = train(config(tmp_path / "b", steps=3, workers=2))
+    a, b = inline.state_dict(), pooled.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_time_budget_sets_steps_from_the_timed_steps():
+    cfg = TrainConfig(steps=100_000, time_budget_s=600.0)
+    probe = PROBE_TO - PROBE_FROM
+    # 0.1 s a step, 100 s spent: 500 s left is 5000 more steps
+    assert fitted_steps(cfg, 60, probe * 0.1, 100.0) == 5060
+    assert fitted_steps(TrainConfig(steps=1000, time_budget_s=600.0), 60, probe * 0.1, 100) == 1000
+    assert fitted_steps(cfg, 60, probe * 0.1, 700.0) == 61  # already over: stop next step
+
+
+def test_a_time_budget_run_ends_its_schedule_and_logs_the_steps_it_chose(tmp_path):
+    cfg = config(tmp_path, steps=10_000, time_budget_s=1e-3, warmup_steps=100)
+    train(cfg)
+    records = [json.loads(line) for line in (cfg.run / "log.jsonl").read_text().splitlines()]
+    fitted = [r["fitted_steps"] for r in records if "fitted_steps" in r]
+    assert fitted == [PROBE_TO + 1]
+    assert json.loads((cfg.run / "last" / "config.json").read_text())["metadata"]["step"] == (
+        PROBE_TO + 1
+    )
 
 
 def test_export_writes_a_loadable_checkpoint(tmp_path):

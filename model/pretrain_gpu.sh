@@ -24,7 +24,7 @@ ln -s "$PWD/model" "$scratch/moecast/model"
 export PYTHONPATH=$scratch PYTHONUNBUFFERED=1
 
 train() {
-    python3 -c 'import argparse, sys
+    python3 -P -c 'import argparse, sys
 from moecast.model.train import add_arguments, run
 parser = argparse.ArgumentParser()
 add_arguments(parser)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from moecast.model.config import ModelConfig
-from moecast.model.network import MoecastModel, MoEFeedForward, monotone_quantiles
+from moecast.model.network import MoecastModel, MoEFeedForward, monotone_quantiles, short_cumsum
 
 
 def series(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -99,6 +99,19 @@ def test_monotone_quantiles_keep_the_anchor_and_order():
     assert (q.diff() > 0).all()
     sp = torch.nn.functional.softplus
     torch.testing.assert_close(q[0, 0], 0.5 - sp(torch.tensor(-2.0)) - sp(torch.tensor(3.0)))
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 5])
+def test_unrolled_short_cumsum_is_cumsum_with_its_gradient(width):
+    x = torch.randn(3, 7, width, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 7, width, dtype=torch.float64)
+    plain = short_cumsum(x, unrolled=False)
+    unrolled = short_cumsum(x, unrolled=True)
+    torch.testing.assert_close(unrolled, x.cumsum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(plain, x.cumsum(-1), rtol=0, atol=0)
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), x)
+    (grad_unrolled,) = torch.autograd.grad((unrolled * weights).sum(), x)
+    torch.testing.assert_close(grad_unrolled, grad_plain, rtol=0, atol=1e-12)
 
 
 def test_exactly_top_k_experts_run_per_token(nano):

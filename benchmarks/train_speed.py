@@ -29,7 +29,7 @@ from moecast.model.config import preset
 from moecast.model.data.corpus import default_data_root
 from moecast.model.loss import sequence_loss
 from moecast.model.network import MoecastModel
-from moecast.model.train import TrainConfig, _batches, build_sampler, make_optimizer
+from moecast.model.train import TrainConfig, batch_stream, build_sampler, make_optimizer
 from timing import cpu_description
 
 
@@ -43,7 +43,7 @@ def data_rate(cfg: TrainConfig, seconds: float) -> tuple[float, float]:
     one_core = drawn / (time.perf_counter() - start)
     if cfg.workers <= 0:
         return one_core, float("nan")
-    batches = _batches(sampler, cfg, 0, 10**9, pin=False)
+    batches = batch_stream(sampler, cfg, 0, 10**9, pin=False)
     for _ in range(2 * cfg.workers):  # every worker has started and delivered once
         next(batches)
     drawn, start = 0, time.perf_counter()

@@ -7,8 +7,8 @@ A run directory holds `last/` (weights, config and optimiser state, written atom
 the same command again resumes from `last/`. Under `torchrun` each rank draws its own batches
 and DDP averages the gradients; only rank 0 writes.
 
-On a GPU the synthetic data, not the network, is the bottleneck: `--workers N` draws batches in
-N processes (a batch is a pure function of (seed, step), so workers change nothing but speed),
+`--workers N` draws batches in N processes (a batch is a pure function of (seed, step), so
+workers change nothing but speed; one core cannot feed a GPU, `benchmarks/train_speed.py`),
 and `--time-budget S` fits the run to S seconds of wall time: it times steps during warmup and
 sets `--steps` from that before the cosine decay starts, so the run ends with a finished
 schedule. The log records the steps it chose; `--steps N` alone reproduces the same run.
@@ -159,7 +159,8 @@ class _Batches(torch.utils.data.Dataset):
         return torch.from_numpy(self.sampler.batch(step, self.batch_size))
 
 
-def _batches(sampler: WindowSampler, cfg: TrainConfig, start: int, end: int, pin: bool):
+def batch_stream(sampler: WindowSampler, cfg: TrainConfig, start: int, end: int, pin: bool):
+    """The batches of steps start .. end-1, drawn in `cfg.workers` processes or in this one."""
     if cfg.workers <= 0:
         return (torch.from_numpy(sampler.batch(step, cfg.batch_size)) for step in range(start, end))
     return iter(
@@ -219,10 +220,8 @@ def train(cfg: TrainConfig) -> MoecastModel:
     probe_start = 0.0
     model.train()
     end = min(cfg.steps, cfg.stop_at or cfg.steps)
-    batches = _batches(sampler, cfg, start, end, pin=device.type == "cuda")
-    for step in range(start, end):
-        if step >= cfg.steps:  # --time-budget shortened the run
-            break
+    batches = batch_stream(sampler, cfg, start, end, pin=device.type == "cuda")
+    for step in range(start, end):  # --time-budget may lower `end`: the loop breaks there
         if cfg.time_budget_s and step - start in (PROBE_FROM, PROBE_TO):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -268,15 +267,17 @@ def train(cfg: TrainConfig) -> MoecastModel:
             bar.set_postfix(
                 loss=f"{record['quantile_loss']:.4f}", pts_s=f"{record['points_per_s']:,.0f}"
             )
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end):
-            _write_state(cfg.run, model, opt, done, cfg)
         # Only a fitted run can fall behind; before the probe the budget has not been applied.
-        overdue = (
+        overdue = bool(
             cfg.time_budget_s
             and done - start > PROBE_TO
             and time.perf_counter() - began > OVERRUN * cfg.time_budget_s
         )
-        if overdue and rank == 0 and done % cfg.checkpoint_every and done != end:
+        if cfg.time_budget_s and dist.is_initialized():  # every rank stops when rank 0 does
+            flag = torch.tensor([overdue], device=device)
+            dist.broadcast(flag, 0)
+            overdue = bool(flag.item())
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end or overdue):
             _write_state(cfg.run, model, opt, done, cfg)
         if overdue:
             print(f"\nstopped at step {done}: over the time budget; rerun to finish", flush=True)

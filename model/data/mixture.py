@@ -73,7 +73,7 @@ class SyntheticMixture:
     def sample_with_family(self, rng: np.random.Generator, length: int) -> tuple[str, np.ndarray]:
         """(family name, float32 series of `length` points in raw units, NaN = missing)."""
         family = self.families[rng.choice(len(self.families), p=self.probabilities)]
-        values = _to_raw_units(rng, _standardise(GENERATORS[family](rng, length)))
+        values = to_raw_units(rng, standardise(GENERATORS[family](rng, length)))
         if rng.random() < self.gap_probability:
             values = _with_gaps(rng, values)
         return family, values
@@ -82,17 +82,22 @@ class SyntheticMixture:
         return self.sample_with_family(rng, length)[1]
 
 
-def _standardise(values: np.ndarray) -> np.ndarray:
+def standardise(values: np.ndarray) -> np.ndarray:
+    """z-scores (float64) over the observed points; NaN stays NaN, a flat series becomes 0."""
     values = values.astype(np.float64)
-    mean, std = values.mean(), values.std()
-    # Generators work at unit scale, so a spread this small is float32 rounding of a constant
-    # series (e.g. a constant kernel); dividing by it would blow rounding up into noise.
+    observed = values[np.isfinite(values)]
+    if observed.size == 0:
+        return values
+    mean, std = observed.mean(), observed.std()
+    # A spread this small against the level is float32 rounding of a constant series (a
+    # constant kernel, a held reading at an offset); dividing by it would blow rounding up
+    # into noise.
     if std <= FLAT_SPREAD * max(1.0, abs(mean)):
-        return np.zeros_like(values)
+        return np.where(np.isnan(values), np.nan, 0.0)
     return (values - mean) / std
 
 
-def _to_raw_units(rng: np.random.Generator, standard: np.ndarray) -> np.ndarray:
+def to_raw_units(rng: np.random.Generator, standard: np.ndarray) -> np.ndarray:
     scale = 10 ** rng.uniform(*LOG10_SCALE_RANGE)
     offset = scale * rng.uniform(-1.0, 1.0) * 10 ** rng.uniform(0.0, LOG10_OFFSET_RATIO_MAX)
     return (standard * scale + offset).astype(np.float32)

@@ -20,7 +20,7 @@ import numpy as np
 from moecast.model.data._validation import require_fraction
 from moecast.model.data.corpus import Series
 from moecast.model.data.gaps import drop_readings
-from moecast.model.data.mixture import FLAT_SPREAD, SyntheticMixture, _to_raw_units
+from moecast.model.data.mixture import SyntheticMixture, standardise, to_raw_units
 
 MIN_OBSERVED = 8  # context points a window needs to be worth learning from
 MIXUP_PARTS = (2, 3)  # TSMixup combines this many draws
@@ -32,7 +32,7 @@ def tsmixup(rng: np.random.Generator, parts: Sequence[np.ndarray]) -> tuple[np.n
     The mixture is in standard units (float64) and NaN wherever any part is NaN.
     """
     weights = rng.dirichlet(np.ones(len(parts)))
-    mixed = sum(w * _standardise_observed(p) for w, p in zip(weights, parts, strict=True))
+    mixed = sum(w * standardise(p) for w, p in zip(weights, parts, strict=True))
     return mixed, weights
 
 
@@ -102,7 +102,7 @@ class WindowSampler:
     def _mixup(self, rng: np.random.Generator) -> np.ndarray:
         k = int(rng.choice(MIXUP_PARTS))
         mixed, _ = tsmixup(rng, [self._draw(rng) for _ in range(k)])
-        return _to_raw_units(rng, mixed)
+        return to_raw_units(rng, mixed)
 
     def _damage(self, rng: np.random.Generator, context: np.ndarray) -> np.ndarray:
         damaged = drop_readings(
@@ -113,16 +113,3 @@ class WindowSampler:
             max_gap=int(rng.integers(1, self.context_length // 4)),
         )
         return context if np.isfinite(damaged).sum() < MIN_OBSERVED else damaged
-
-
-def _standardise_observed(values: np.ndarray) -> np.ndarray:
-    """z-scores over the observed points; NaN stays NaN, a flat or empty series becomes 0."""
-    values = values.astype(np.float64)
-    observed = values[np.isfinite(values)]
-    if observed.size == 0:
-        return values
-    mean, std = observed.mean(), observed.std()
-    # Raw units span 1e-2 .. 1e5, so flatness is judged against the level, as the mixture does.
-    if std <= FLAT_SPREAD * max(1.0, abs(mean)):
-        return np.where(np.isnan(values), np.nan, 0.0)
-    return (values - mean) / std

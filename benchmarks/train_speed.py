@@ -1,6 +1,7 @@
 """Pretraining speed: does the data or the network set a run's pace?
 
     python benchmarks/train_speed.py [--batch-sizes 256 1024 4096] [--workers N] [--seconds 15]
+        [--profile]
 
 1. Data: windows per second that `WindowSampler` draws (the default synthetic mixture, 30 %
    real crops when the corpus is found, TSMixup 10 %, as `model/pretrain_gpu.sh` trains) on
@@ -52,8 +53,11 @@ def data_rate(cfg: TrainConfig, seconds: float) -> tuple[float, float]:
     return one_core, drawn / (time.perf_counter() - start)
 
 
-def network_rate(batch_size: int, device: torch.device, seconds: float, cfg: TrainConfig) -> float:
-    """Optimiser steps per second of the edge preset at `batch_size`."""
+def network_rate(
+    batch_size: int, device: torch.device, seconds: float, cfg: TrainConfig, profile: bool = False
+) -> float:
+    """Optimiser steps per second of the edge preset at `batch_size`; with `profile`, also
+    print where three more steps spend their time (torch.profiler, the top operators)."""
     sampler = build_sampler(cfg, 512, 64, rank=0)
     window = torch.from_numpy(sampler.batch(0, batch_size)).to(device)
     model = MoecastModel(preset("edge")).to(device)
@@ -79,6 +83,16 @@ def network_rate(batch_size: int, device: torch.device, seconds: float, cfg: Tra
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    if profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+        key = "cuda_time_total" if cuda else "cpu_time_total"
+        print(f"profile of 3 steps at batch {batch_size}, by {key}:")
+        print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=50))
     return 1.0 / statistics.median(times)
 
 
@@ -88,6 +102,9 @@ def main() -> int:
     parser.add_argument("--data-batch", type=int, default=256, help="windows per drawn batch")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the step at the largest batch size"
+    )
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
     args = parser.parse_args()
@@ -112,7 +129,7 @@ def main() -> int:
     )
     rows = []
     for size in sizes:
-        steps = network_rate(size, device, args.seconds, cfg)
+        steps = network_rate(size, device, args.seconds, cfg, args.profile and size == sizes[-1])
         rows.append({"batch_size": size, "steps_per_s": steps, "windows_per_s": steps * size})
         pace = "data" if pooled < steps * size else "network"
         print(

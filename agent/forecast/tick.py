@@ -2,6 +2,11 @@
 streams, publish a forecast per stream (payload: `moecast.agent.forecast.encoding`), then raise
 or clear its alerts. The tick returns what it did (`TickOutcome`).
 
+The model runs in a thread of its own, a block of BLOCK streams after another, from the moment
+the first block is gridded: ONNX Runtime releases the GIL while it computes, so the tick's own
+work (gridding the next blocks, scoring, encoding and publishing the last block's forecasts)
+runs on another core meanwhile instead of after the model. Blocks are published in order.
+
 A stream is due when it has an interval (configured or detected), enough observed bins
 (`forecast.min_observed_bins`) and is not stale: readings arrived for it at most
 `forecast.stale_after_s` before the tick ("auto": STALE_INTERVALS of its intervals, at least
@@ -26,6 +31,8 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -124,6 +131,8 @@ class Forecaster:
         self._published: dict[StreamId, tuple[float, int, float]] = {}
         self._skip_logged: dict[StreamId, str] = {}  # the reason last logged, until forecast
         self._ticks_since_swap = settings.updates.trial_ticks  # the first bundle is no trial
+        # Model runs, one block after another (started with the first tick).
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="moecast-model")
 
     @property
     def bundle(self) -> Bundle:
@@ -147,6 +156,7 @@ class Forecaster:
 
     def close(self) -> None:
         """After the last tick: save the forecast quality state (a clean stop keeps it)."""
+        self._runner.shutdown(wait=True)
         self.quality.close()
 
     def __call__(self, context: TickContext) -> TickOutcome:
@@ -154,15 +164,37 @@ class Forecaster:
         model = self._model
         outcome = TickOutcome(model.version)
         skipped = outcome.skipped
-        rows = self._due_rows(context, model.context_length, skipped)
-        self.quality.observe(rows, model.horizons, model.levels, context)
+        blocks: list[list[GridRow]] = []
+        runs: list[Future[tuple[dict[int, np.ndarray], float]]] = []
+        failed: list[BaseException] = []
+
+        def model_run(block: list[GridRow]) -> tuple[dict[int, np.ndarray], float]:
+            # In the model thread, which alone touches `outcome`'s run counts until every run
+            # is done. After a failed run the tick fails: the blocks after it are not run.
+            if failed:
+                raise failed[0]
+            try:
+                return self._run_model(model, block, outcome)
+            except BaseException as err:
+                failed.append(err)
+                raise
+
+        def run(block: list[GridRow]) -> None:
+            blocks.append(block)
+            runs.append(self._runner.submit(model_run, block))
+
         inference_s = 0.0
         forecast = 0
-        for start in range(0, len(rows), BLOCK):
-            block = rows[start : start + BLOCK]
-            raw, seconds = self._run_model(model, block, outcome)
-            inference_s += seconds
-            forecast += self._publish(context, model, block, raw, skipped)
+        try:
+            rows = self._due_rows(context, model.context_length, skipped, run)
+            self.quality.observe(rows, model.horizons, model.levels, context)
+            for block, done in zip(blocks, runs, strict=True):
+                raw, seconds = done.result()
+                inference_s += seconds
+                forecast += self._publish(context, model, block, raw, skipped)
+        finally:
+            for pending in runs:  # after an error, none is left to run
+                pending.cancel()
         outcome.forecast = forecast
         self.quality.finish(context)
         outcome.skipped = skipped = +skipped  # drop reasons counted zero times
@@ -237,8 +269,14 @@ class Forecaster:
         return len(shown)
 
     def _due_rows(
-        self, context: TickContext, context_length: int, skipped: Counter[str]
+        self,
+        context: TickContext,
+        context_length: int,
+        skipped: Counter[str],
+        on_block: Callable[[list[GridRow]], None] = lambda block: None,
     ) -> list[GridRow]:
+        """The model rows of every due stream; `on_block` gets each block of at most BLOCK
+        rows as soon as it is gridded (the tick starts its model run)."""
         settings = self.settings.forecast
         on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
         streams = context.registry.streams()
@@ -281,9 +319,9 @@ class Forecaster:
                 ts, values = ts[first:].copy(), values[first:].copy()
             due.append(_Due(stream, rule, unchanged, ts, values, interval, length))
             if len(due) == BLOCK:
-                rows += self._grid(due, skipped)
+                rows += self._grid(due, skipped, on_block)
                 due = []
-        rows += self._grid(due, skipped)
+        rows += self._grid(due, skipped, on_block)
         if len(self._published) + len(self._skip_logged) > 2 * len(streams):
             # Streams evicted from the registry leave their entries behind.
             live = set(streams)
@@ -292,9 +330,14 @@ class Forecaster:
             self._rules = {s: r for s, r in self._rules.items() if s in live}
         return rows
 
-    def _grid(self, due: list[_Due], skipped: Counter[str]) -> list[GridRow]:
-        """The model rows of due streams, gridded together; streams whose grid observes
-        too few bins are skipped."""
+    def _grid(
+        self,
+        due: list[_Due],
+        skipped: Counter[str],
+        on_block: Callable[[list[GridRow]], None] = lambda block: None,
+    ) -> list[GridRow]:
+        """The model rows of due streams, gridded together (passed to `on_block` unless none);
+        streams whose grid observes too few bins are skipped."""
         if not due:
             return []
         rows = []
@@ -310,6 +353,8 @@ class Forecaster:
             rows.append(
                 GridRow(d.stream, d.interval, grid_end, grid, alerts, low, high, not d.unchanged)
             )
+        if rows:
+            on_block(rows)
         return rows
 
     def _rule(self, stream: StreamId) -> StreamRule | None:

@@ -431,6 +431,66 @@ def test_payloads_hold_the_rounded_values_the_contract_states(levels: list[float
         assert orjson.loads(payload) == json.loads(reference_payload(row, mine, levels, 7)), i
 
 
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_spliced_payloads_are_the_bytes_orjson_writes_for_the_payload_dict(
+    compact: bool, with_extras: bool
+) -> None:
+    """The encoder splices each payload from a block's pieces; the oracle is the payload's
+    dict written by orjson in one call, as the encoder did before splicing."""
+    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    rng = np.random.default_rng(5)
+    n = 7
+    scale = 10.0 ** rng.integers(-4, 8, size=(n, 1, 1))
+    quantiles = {
+        h: np.sort(rng.normal(size=(n, h, len(levels))) * scale, axis=-1) for h in HORIZONS
+    }
+    rows = [
+        GridRow(
+            StreamId(f"dev-{i}.x", "t_emp"),
+            [60.0, 0.25, 7.3][i % 3],
+            NOW - 60.0 * (i % 2),
+            np.zeros(1, dtype=np.float32),
+            [],
+        )
+        for i in range(n)
+    ]
+    extras = None
+    if with_extras:
+        extras = [
+            {"skill": {"n": i, "mae": np.array([0.5, np.nan])}} if i % 3 else {} for i in range(n)
+        ]
+    encoder = PayloadEncoder(HORIZONS, levels, compact)
+    payloads = encoder.encode(rows, quantiles, NOW + 0.1234, 7, extras)
+
+    keep = [0, 8] if compact else list(range(len(levels)))
+    digits = 4 if compact else 6
+    weights = _median_weights(np.array(levels))
+    for i, row in enumerate(rows):
+        horizons = {}
+        for h in HORIZONS:
+            q = quantiles[h][i]
+            head: dict[str, Any] = {}
+            if not compact:
+                head["ts"] = np.round(row.grid_end + row.interval_s * np.arange(1.0, h + 1), 6)
+            head["median"] = _round_significant(q @ weights, digits)
+            columns = np.ascontiguousarray(_round_significant(q[:, keep], digits).T)
+            head["quantiles"] = {str(levels[k]): c for k, c in zip(keep, columns, strict=True)}
+            horizons[str(h)] = head
+        payload = {
+            "stream": str(row.stream),
+            "model_version": 7,
+            "issued_at": round(NOW + 0.1234, 3),
+            "interval_s": row.interval_s,
+            "grid_end": row.grid_end,
+            "quantile_levels": [levels[k] for k in keep],
+            "horizons": horizons,
+            **(extras[i] if extras else {}),
+        }
+        assert payloads[i] == orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), i
+    assert encoder.encode([], {h: q[:0] for h, q in quantiles.items()}, NOW, 7) == []
+
+
 # Staleness.
 
 
@@ -817,3 +877,78 @@ def test_the_agent_process_forecasts_and_reports_its_model_version(
         assert process.terminate() == 0
     finally:
         process.ensure_dead()
+
+
+# The model thread.
+
+
+class SlowBundle:
+    """The quality kit's fake model, asleep `run_s` per run with the GIL released (as ONNX
+    Runtime computes); records which rows each run got and fails on the run `fail_at`."""
+
+    def __init__(self, run_s: float, fail_at: int | None = None) -> None:
+        from tests.agent.quality_kit import FakeBundle
+
+        self._inner = FakeBundle()
+        self.manifest = self._inner.manifest
+        self.run_s, self.fail_at = run_s, fail_at
+        self.batches: list[np.ndarray] = []
+
+    def run(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.run_s)
+        self.batches.append(values)
+        if len(self.batches) == self.fail_at:
+            raise RuntimeError("the model failed")
+        return self._inner.run(values)
+
+
+class SlowLink(RecordingLink):
+    def __init__(self, publish_s: float) -> None:
+        super().__init__()
+        self.publish_s = publish_s
+
+    def publish(self, topic: str, payload: str, qos: int, **kwargs: Any) -> None:
+        time.sleep(self.publish_s)  # stands for the tick's own work on a block
+        super().publish(topic, payload, qos, **kwargs)
+
+
+def test_the_next_block_runs_in_the_model_while_the_last_one_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forecaster, "BLOCK", 4)
+    monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
+    registry = StreamRegistry()
+    for i in range(12):  # three blocks, one model run each
+        registry.insert(StreamId(f"dev{i:02d}", "temp"), regular(100, level=i, seed=i))
+    bundle = SlowBundle(run_s=0.3)
+    fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
+    link, metrics = SlowLink(publish_s=0.06), AgentMetrics()
+    started = time.perf_counter()
+    fc(TickContext(NOW, fc.settings, registry, link, metrics))  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    fc.close()
+    # One after the other: 3 runs of 0.3 s, then 3 blocks of 4 publishes of 0.06 s, 1.62 s.
+    # Overlapped, only the last block's publishing follows the last run: about 1.14 s.
+    assert 1.1 < elapsed < 1.45
+    published = [m["topic"] for m in link.on("forecasts/")]
+    assert published == [f"forecasts/dev{i:02d}/temp" for i in range(12)]  # blocks in order
+    tick_s = metrics.snapshot()["forecast_inference_s"]["sum"]
+    assert tick_s == pytest.approx(0.9, abs=0.1)
+
+
+def test_a_failed_model_run_fails_the_tick_and_the_blocks_after_it_are_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forecaster, "BLOCK", 4)
+    monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
+    registry = StreamRegistry()
+    for i in range(16):
+        registry.insert(StreamId(f"dev{i:02d}", "temp"), regular(100, level=i, seed=i))
+    bundle = SlowBundle(run_s=0.05, fail_at=2)
+    fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
+    link = SlowLink(publish_s=0.1)  # the first block's publishing outlasts the second run
+    with pytest.raises(RuntimeError, match="the model failed"):
+        fc(TickContext(NOW, fc.settings, registry, link, AgentMetrics()))  # type: ignore[arg-type]
+    fc.close()
+    assert len(link.on("forecasts/")) == 4  # the first block only
+    assert len(bundle.batches) == 2  # the blocks after the failed run were not run

@@ -26,6 +26,7 @@ from moecast.agent.ingest.link import FleetSink, MqttLink
 from moecast.agent.ingest.store import ReadingStore
 from moecast.agent.ingest.streams import StreamRegistry
 from moecast.agent.ingest.writer import IngestWorker
+from moecast.agent.ops.memory import release_free_memory
 from moecast.agent.ops.metrics import AgentMetrics, PrometheusEndpoint
 from moecast.agent.settings import AgentSettings
 
@@ -175,3 +176,5 @@ class Agent:
             self._on_tick(context)
         except Exception:
             log.exception("forecasting tick failed")
+        finally:
+            release_free_memory()  # the tick's arrays and payloads, freed, go back at once

@@ -7,6 +7,13 @@
    then `python -X importtime -c "import moecast.agent.cli"`, summed per top-level package.
 2. Streams: a StreamRegistry filled with STREAMS streams of full buffers (max_points readings
    plus the trimming slack, the most a stream holds), measured with tracemalloc and as RSS.
+3. Ticks (`--ticks N`, default 4): the forecasting side of the agent in one process, in its
+   order: malloc arenas capped, the default bundle loaded, STREAMS streams of 600 readings 10 s
+   apart (`benchmarks/tick_cost.py`'s), then N ticks of the agent's Forecaster with the real
+   model, publishing nowhere. Per tick: the peak RSS during it (VmHWM, reset before each tick
+   through /proc/self/clear_refs), the RSS after it and after `release_free_memory` (as the
+   agent does), and, for one more tick, the peak of what Python and numpy allocate during it
+   (tracemalloc; ONNX Runtime's own allocations are not traced).
 
 Everything is measured in child processes, so that nothing this script imported counts.
 """
@@ -15,10 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tick_cost import HISTORY
+from timing import cpu_description
 
 # In the order the agent's start-up reaches them; each step's growth excludes what earlier ones
 # already imported.
@@ -78,6 +91,64 @@ print(json.dumps({"streams": streams, "points_per_stream": held, "traced_mb": tr
 """
 
 
+_TICKS_CHILD = """
+import json, re, sys, tempfile, time, tracemalloc
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+def status(key):
+    text = open("/proc/self/status").read()
+    return int(re.search(rf"^{key}:\\s+(\\d+) kB", text, re.M).group(1)) / 1024
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+from moecast.agent.ops.memory import limit_malloc_arenas, release_free_memory
+limit_malloc_arenas()
+import tick_cost
+from moecast.agent.forecast import tick
+from moecast.agent.settings import load_settings
+from moecast.bundle.format import DEV_PUBLIC_KEY, load_bundle
+streams, ticks = int(sys.argv[2]), int(sys.argv[3])
+out = {"imported": status("VmRSS")}
+bundle = load_bundle(Path(sys.argv[1]).parent / "agent" / "default_bundle", [DEV_PUBLIC_KEY])
+out["bundle"] = status("VmRSS")
+start = time.time() - (tick_cost.HISTORY + ticks + 1) * tick_cost.INTERVAL_S
+registry, ids = tick_cost.make_registry(streams, start)
+out["streams"] = status("VmRSS")
+out["ticks"] = []
+with tempfile.TemporaryDirectory() as tmp:
+    forecaster = tick.Forecaster(bundle, load_settings(None, storage_dir=Path(tmp)))
+    for k in range(ticks + 1):
+        traced = k == ticks
+        if traced:
+            tracemalloc.start()
+        reset_peak()
+        before = status("VmRSS")
+        tick_cost.run_ticks(forecaster, bundle, registry, ids, start + k * tick_cost.INTERVAL_S,
+                            1, tick_cost.NullLink())
+        if traced:
+            out["traced_peak"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            break
+        row = {"before": before, "peak": status("VmHWM"), "after": status("VmRSS")}
+        release_free_memory()
+        row["released"] = status("VmRSS")
+        out["ticks"].append(row)
+    forecaster.close()
+print(json.dumps(out))
+"""
+
+
+def measure_ticks(streams: int, ticks: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _TICKS_CHILD, str(Path(__file__).parent), str(streams), str(ticks)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    return json.loads(out)
+
+
 def measure_imports() -> list[tuple[str, float, int]]:
     out = subprocess.run(
         [sys.executable, "-c", _IMPORTS_CHILD, *IMPORT_STEPS],
@@ -120,8 +191,11 @@ def measure_streams(streams: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=STREAMS)
+    parser.add_argument("--ticks", type=int, default=4, help="forecasting ticks (0: none)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"{cpu_description()}, {len(os.sched_getaffinity(0))} cores")
 
     steps = measure_imports()
     print("resident set after each import (MB), and its growth:")
@@ -145,10 +219,26 @@ def main() -> int:
         f" {streams['traced_mb']:.1f} MB allocated (tracemalloc), {streams['rss_mb']:.1f} MB RSS,"
         f" {per_stream_kb:.1f} KB per stream"
     )
+    ticks: dict[str, Any] = {}
+    if args.ticks:
+        ticks = measure_ticks(args.streams, args.ticks)
+        print(
+            f"\nforecasting, {args.streams} streams of {HISTORY} readings, the default bundle "
+            f"(RSS, MB): imported {ticks['imported']:.1f}, bundle loaded {ticks['bundle']:.1f}, "
+            f"streams held {ticks['streams']:.1f}"
+        )
+        for k, row in enumerate(ticks["ticks"]):
+            print(
+                f"  tick {k}: before {row['before']:.1f}, peak {row['peak']:.1f}, after "
+                f"{row['after']:.1f}, after release_free_memory {row['released']:.1f}"
+            )
+        print(f"  one more tick: Python and numpy allocated at most {ticks['traced_peak']:.1f} MB")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(
-                {"imports": steps, "importtime": per_package, "streams": streams}, out, indent=2
+                {"imports": steps, "importtime": per_package, "streams": streams, "ticks": ticks},
+                out,
+                indent=2,
             )
     return 0
 

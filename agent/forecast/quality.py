@@ -59,7 +59,7 @@ class _Issued:
     slots: np.ndarray
     grid_end: np.ndarray
     interval: np.ndarray
-    quantiles: dict[int, np.ndarray]  # as published (float64, only until `finish`)
+    quantiles: dict[int, np.ndarray]  # as published, in float32 (only until `finish`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +258,9 @@ class QualityMonitor:
                 slots,
                 np.fromiter((row.grid_end for row in rows), np.float64, n),
                 np.fromiter((row.interval_s for row in rows), np.float64, n),
-                quantiles,
+                # Kept until `finish` for every stream of the tick, in the float32 the pending
+                # steps keep (half the float64 payload copies: 3.8 MB for 1000 streams).
+                {h: q.astype(np.float32) for h, q in quantiles.items()},
             )
         )
         self._dirty[slots[~self._forecast[slots]]] = True  # first forecast: worth a save
@@ -325,7 +327,7 @@ class QualityMonitor:
             due = ~(ends - last < (spacing - 0.5) * intervals)  # NaN (never recorded): due
             if not due.any():
                 continue
-            q = np.concatenate([i.quantiles[h] for i in self._issued])[due].astype(np.float32)
+            q = np.concatenate([i.quantiles[h] for i in self._issued])[due]
             rows = int(np.count_nonzero(due))
             lead = np.arange(1, h + 1, dtype=np.float64)
             self.pending.add(

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,7 +165,7 @@ class Forecaster:
         outcome = TickOutcome(model.version)
         skipped = outcome.skipped
         blocks: list[list[GridRow]] = []
-        runs: list[Future[tuple[dict[int, np.ndarray], float]]] = []
+        runs: deque[Future[tuple[dict[int, np.ndarray], float]]] = deque()
         failed: list[BaseException] = []
 
         def model_run(block: list[GridRow]) -> tuple[dict[int, np.ndarray], float]:
@@ -188,8 +188,9 @@ class Forecaster:
         try:
             rows = self._due_rows(context, model.context_length, skipped, run)
             self.quality.observe(rows, model.horizons, model.levels, context)
-            for block, done in zip(blocks, runs, strict=True):
-                raw, seconds = done.result()
+            for block in blocks:
+                # Taken off the queue: a run's outputs are freed once published.
+                raw, seconds = runs.popleft().result()
                 inference_s += seconds
                 forecast += self._publish(context, model, block, raw, skipped)
         finally:
@@ -255,8 +256,8 @@ class Forecaster:
         skipped["unchanged"] += int(np.count_nonzero(~publish))
         longest = ordered[max(model.horizons)]
         good = np.flatnonzero(finite & publish)
-        shown = [rows[i] for i in good]
-        issued = {h: q[good] for h, q in ordered.items()}
+        shown = rows if good.size == len(rows) else [rows[i] for i in good]
+        issued = ordered if good.size == len(rows) else {h: q[good] for h, q in ordered.items()}
         extras = self.quality.issued(shown, issued, good, context.now)
         payloads = model.encoder.encode(shown, issued, context.now, model.version, extras)
         topic, expiry = self.settings.topics.forecasts, self.settings.forecast.expiry_s

@@ -32,3 +32,21 @@ def limit_malloc_arenas(count: int = MAX_ARENAS) -> bool:
         log.debug("could not cap glibc's malloc arenas")
         return False
     return True
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def release_free_memory() -> bool:
+    """Hand the free pages at the top and inside of glibc's heaps back to the system
+    (`malloc_trim(0)`); True when glibc's malloc did it. The agent calls it after every tick:
+    a tick's arrays and payloads are freed when it ends, but glibc keeps the pages for
+    reuse, and with the ingest writer allocating between ticks the heap fragments and only
+    grows. Measured with `benchmarks/agent_memory.py --ticks`: see the README."""
+    global _libc
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    if _libc is None:
+        _libc = ctypes.CDLL(None)
+    trim = getattr(_libc, "malloc_trim", None)
+    return trim is not None and bool(trim(0))

@@ -168,11 +168,12 @@ def test_any_trusted_key_may_have_signed(real, key):
 
 
 def test_sessions_use_the_given_threads_and_never_spin(real, key):
-    session = load_bundle(real, [key.public_key()]).session(threads=2)
+    session = load_bundle(real, [key.public_key()], threads=2).session
     options = session.get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not options.enable_mem_pattern
 
 
 def test_run_rejects_the_wrong_context_length(real, key):

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,54 @@ def test_the_operators_setting_wins():
     capped, count = arenas({**env, "MALLOC_ARENA_MAX": "4"})
     assert capped == "False"
     assert count == 4
+
+
+# 64 MB in blocks malloc serves from its heap (above pymalloc's 512 B, below the mmap
+# threshold), freed but for the newest, which pins the heap's top: glibc's free() then trims
+# nothing, and the pages stay resident until release_free_memory.
+TRIM_PROBE = textwrap.dedent(
+    """
+    import re
+    from moecast.agent.ops.memory import release_free_memory
+    def rss_mb():
+        return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read())[1]) / 1024
+    blocks = [bytearray(b"x" * 4000) for _ in range(16_000)]
+    pin = blocks.pop()
+    del blocks
+    freed = rss_mb()
+    print(release_free_memory(), freed - rss_mb())
+    """
+)
+
+
+def test_freed_heap_pages_go_back_to_the_system() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    released, returned_mb = done.stdout.split()
+    assert released == "True"
+    assert float(returned_mb) > 50
+
+
+def test_the_agent_releases_memory_after_every_tick(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from moecast.agent import runtime
+    from moecast.agent.settings import load_settings
+
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "release_free_memory", lambda: calls.append("released"))
+
+    def failing_tick(context: object) -> None:
+        calls.append("tick")
+        raise RuntimeError("a failed tick releases too")
+
+    agent = runtime.Agent(load_settings(None, storage_dir=tmp_path), on_tick=failing_tick)
+    agent._tick()
+    assert calls == ["tick", "released"]

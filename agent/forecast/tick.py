@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 from moecast.agent.forecast.alerts import AlertRule, AlertTracker
@@ -49,6 +49,7 @@ from moecast.agent.settings import AgentSettings, StreamRule
 from moecast.bundle.format import Bundle, output_name
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Rows per model run. The model's activations take ~3 MB per row (the `edge` bundle: 64
 # patches of 8, every expert evaluated in the graph) and ONNX Runtime keeps its peak (arena on
@@ -119,7 +120,10 @@ class Forecaster:
     with `settings.threads`: its `run`, on MAX_BATCH streams at a time, is the tick's model.
     """
 
-    def __init__(self, bundle: Bundle, settings: AgentSettings) -> None:
+    def __init__(self, bundle: Bundle, settings: AgentSettings, model_thread: bool = True) -> None:
+        """`model_thread=False`: the model runs on the tick's thread, each block before the
+        tick goes on (what the work outside the model costs, without threads, is measured
+        that way: benchmarks/tick_cost.py)."""
         self.settings = settings
         self._model = _Model(bundle, settings.forecast.payload == "compact")
         self._detected_intervals: dict[StreamId, float] = {}
@@ -131,8 +135,12 @@ class Forecaster:
         self._published: dict[StreamId, tuple[float, int, float]] = {}
         self._skip_logged: dict[StreamId, str] = {}  # the reason last logged, until forecast
         self._ticks_since_swap = settings.updates.trial_ticks  # the first bundle is no trial
-        # Model runs, one block after another (started with the first tick).
-        self._runner = ThreadPoolExecutor(1, thread_name_prefix="moecast-model")
+        # Model runs, one block after another (the thread starts with the first tick).
+        self._runner: ThreadPoolExecutor | _InlineRunner = (
+            ThreadPoolExecutor(1, thread_name_prefix="moecast-model")
+            if model_thread
+            else _InlineRunner()
+        )
 
     @property
     def bundle(self) -> Bundle:
@@ -423,6 +431,21 @@ class Forecaster:
             context.link.publish(
                 row.stream.topic(self.settings.topics.alerts), json.dumps(event.payload()), 1
             )
+
+
+class _InlineRunner:
+    """An executor that runs what it is given at once, on the caller's thread."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any) -> Future[_T]:
+        done: Future[_T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as err:  # the tick re-raises it from the future, as threaded
+            done.set_exception(err)
+        return done
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
 _SKIP_REASONS = {

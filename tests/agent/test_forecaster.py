@@ -952,3 +952,28 @@ def test_a_failed_model_run_fails_the_tick_and_the_blocks_after_it_are_not_run(
     fc.close()
     assert len(link.on("forecasts/")) == 4  # the first block only
     assert len(bundle.batches) == 2  # the blocks after the failed run were not run
+
+
+def test_the_model_inline_publishes_what_the_model_thread_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.agent.quality_kit import FakeBundle
+
+    monkeypatch.setattr(forecaster, "BLOCK", 4)
+    registry = StreamRegistry()
+    for i in range(10):
+        registry.insert(StreamId(f"dev{i}", "temp"), regular(100, level=i, seed=i))
+    published = []
+    for model_thread in (True, False):
+        fc = Forecaster(FakeBundle(), settings_with(tmp_path / str(model_thread)), model_thread)  # type: ignore[arg-type]
+        link, _ = tick(fc, registry)
+        fc.close()
+        published.append(link.on("forecasts/"))
+    assert len(published[0]) == 10
+    assert published[0] == published[1]
+
+    failing = SlowBundle(run_s=0.0, fail_at=2)
+    fc = Forecaster(failing, settings_with(tmp_path / "failing"), model_thread=False)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="the model failed"):
+        tick(fc, registry)
+    assert len(failing.batches) == 2

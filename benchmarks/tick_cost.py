@@ -4,6 +4,7 @@ around it: steadier than agent_throughput.py's tick figure, and it says where th
     python benchmarks/tick_cost.py                  # 1000 streams, 12 ticks, no broker
     python benchmarks/tick_cost.py --broker         # plus the same ticks publishing to mosquitto
     python benchmarks/tick_cost.py --payload compact   # forecast.payload: compact
+    python benchmarks/tick_cost.py --model          # plus the real model: thread or inline
 
 The agent's own `Forecaster` ticks over a registry of STREAMS streams (HISTORY readings each,
 INTERVAL_S apart, one new reading per stream before every tick, so every stream is due) with
@@ -19,6 +20,12 @@ at once: the model's time is not what is measured here. Quality checks are on, a
    the tick's own work and paho's network thread run while the model thread computes, as in
    the agent. Reported: the tick less its model time (what the model does not hide), and from
    the tick's start to the last forecast received.
+
+3. `--model`: the shipped bundle instead of the fake model, publishing nowhere; the ticks
+   alternate between a Forecaster with its model thread (as the agent runs) and one with the
+   model inline, over the same streams. Per kind, medians: the tick's wall time, the model's
+   (its runs' wall time), the rest, and the process's CPU time: what the thread hides of the
+   tick's own work and what it costs in CPU.
 
 In 1. the model runs inline (`Forecaster(..., model_thread=False)`), so each stage's time is
 its own cost; in 2. it runs in the Forecaster's model thread, as in the agent, and the stages
@@ -259,11 +266,51 @@ def with_broker(streams: int, ticks: int, storage: Path, directory: Path, payloa
     print(f"  {name:42s} {1e3 * statistics.median(last):7.1f}")
 
 
+def real_model(streams: int, ticks: int, storage: Path) -> None:
+    from moecast.bundle.format import DEV_PUBLIC_KEY, load_bundle
+
+    bundle = load_bundle(REPO / "agent" / "default_bundle", [DEV_PUBLIC_KEY])
+    start = time.time() - (HISTORY + 2 * ticks + 2) * INTERVAL_S
+    registry, ids = make_registry(streams, start)
+    kinds = {
+        "model thread": tick.Forecaster(bundle, load_settings(None, storage_dir=storage / "t")),
+        "model inline": tick.Forecaster(
+            bundle, load_settings(None, storage_dir=storage / "i"), model_thread=False
+        ),
+    }
+    results: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for k in range(2 * ticks + 2):
+        name = list(kinds)[k % 2]
+        for stream in ids:
+            reading = Reading(start + (HISTORY + k) * INTERVAL_S, float(np.sin(k)))
+            registry.insert(stream, [reading], arrival_ts=time.time())
+        metrics = AgentMetrics()
+        context = TickContext(time.time(), kinds[name].settings, registry, NullLink(), metrics)
+        cpu, started = time.process_time(), time.perf_counter()
+        kinds[name](context)  # type: ignore[arg-type]
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if k >= 2:  # after one tick of each to warm up
+            model = metrics.snapshot()["forecast_inference_s"]["sum"]
+            results[name].append((wall, model, cpu))
+    for forecaster in kinds.values():
+        forecaster.close()
+    print(
+        f"\n3. the shipped bundle ({bundle.manifest.model_version}), one thread, publishing "
+        f"nowhere: median of {ticks} ticks of each kind, alternating, seconds"
+    )
+    print(f"  {'':14s} {'tick':>7s} {'model':>7s} {'rest':>7s} {'CPU':>7s}")
+    for name, rows in results.items():
+        wall, model, cpu = (statistics.median(r[i] for r in rows) for i in range(3))
+        rest = statistics.median(r[0] - r[1] for r in rows)
+        print(f"  {name:14s} {wall:7.3f} {model:7.3f} {rest:7.3f} {cpu:7.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=12)
     parser.add_argument("--broker", action="store_true", help="also publish to a mosquitto")
+    parser.add_argument("--model", action="store_true", help="also tick with the real model")
     parser.add_argument(
         "--payload", choices=("full", "compact"), default="full", help="forecast.payload"
     )
@@ -281,6 +328,8 @@ def main() -> int:
             broker_dir = Path(tmp) / "broker"
             broker_dir.mkdir()
             with_broker(args.streams, args.ticks, Path(tmp) / "linked", broker_dir, args.payload)
+        if args.model:
+            real_model(args.streams, args.ticks, Path(tmp) / "model")
     print(f"load average at the end: {load_average()}")
     return 0
 

@@ -432,10 +432,8 @@ def new_session(model: bytes, threads: int = 1) -> ort.InferenceSession:
     """An ONNX Runtime session of `model` on `threads` cores.
 
     Spinning is off: an idle agent between ticks must not burn a core of a small device
-    waiting for work. The memory pattern is off too: it plans one buffer per input shape and
-    keeps it, which the tick's runs of at most MAX_BATCH rows do not need (the default bundle,
-    runs of 4 rows on the 2-vCPU EPYC: 6 MB less resident, the same time per run;
-    `python benchmarks/agent_memory.py`).
+    waiting for work. The memory pattern is off too: it plans and keeps a buffer per input
+    shape, which the agent's runs of a few rows do not need (no change in time per run).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

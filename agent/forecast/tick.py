@@ -62,6 +62,10 @@ MAX_BATCH = 4
 # calls per block, not per model run (1000 streams: 250 runs, 4 blocks), while the float64
 # copies of a block's quantiles stay at a few MB.
 BLOCK = 256
+# The first block, and the blocks once fewer than BLOCK streams are left to look at, are this
+# small: the model starts after the first block is gridded, and what follows its last run
+# (publishing the last block) is what the model thread cannot hide.
+EDGE_BLOCK = 64
 # `stale_after_s: auto`: after 16 silent intervals the 1- and 8-step heads and half the
 # 32-step one forecast the past. The floor keeps a fast stream whose device clock runs a little
 # behind (readings up to `limits.payload.max_future_s` ahead are accepted, so clocks are not
@@ -290,10 +294,10 @@ class Forecaster:
         on_trial = self._ticks_since_swap < self.settings.updates.trial_ticks
         streams = context.registry.streams()
         rows: list[GridRow] = []
-        # Due streams are gridded BLOCK at a time, as they are found: the copies of their
+        # Due streams are gridded a block at a time, as they are found: the copies of their
         # readings and the gridding's temporary arrays are then a block's, not the tick's.
         due: list[_Due] = []
-        for stream in streams:
+        for index, stream in enumerate(streams):
             rule = self._rule(stream)
             configured = rule.interval_s if rule else "auto"
             wanted = rule.context_points if rule and rule.context_points else context_length
@@ -327,7 +331,8 @@ class Forecaster:
                 first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
                 ts, values = ts[first:].copy(), values[first:].copy()
             due.append(_Due(stream, rule, unchanged, ts, values, interval, length))
-            if len(due) == BLOCK:
+            edge = not rows or len(streams) - index <= BLOCK
+            if len(due) >= (EDGE_BLOCK if edge else BLOCK):
                 rows += self._grid(due, skipped, on_block)
                 due = []
         rows += self._grid(due, skipped, on_block)

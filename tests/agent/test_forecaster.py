@@ -916,6 +916,7 @@ def test_the_next_block_runs_in_the_model_while_the_last_one_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(forecaster, "BLOCK", 4)
+    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
     registry = StreamRegistry()
     for i in range(12):  # three blocks, one model run each
@@ -940,6 +941,7 @@ def test_a_failed_model_run_fails_the_tick_and_the_blocks_after_it_are_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(forecaster, "BLOCK", 4)
+    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
     registry = StreamRegistry()
     for i in range(16):
@@ -960,6 +962,7 @@ def test_the_model_inline_publishes_what_the_model_thread_does(
     from tests.agent.quality_kit import FakeBundle
 
     monkeypatch.setattr(forecaster, "BLOCK", 4)
+    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     registry = StreamRegistry()
     for i in range(10):
         registry.insert(StreamId(f"dev{i}", "temp"), regular(100, level=i, seed=i))
@@ -977,3 +980,21 @@ def test_the_model_inline_publishes_what_the_model_thread_does(
     with pytest.raises(RuntimeError, match="the model failed"):
         tick(fc, registry)
     assert len(failing.batches) == 2
+
+
+def test_the_first_and_the_last_blocks_are_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model starts after the first block; what follows its last run is not hidden.
+    monkeypatch.setattr(forecaster, "BLOCK", 8)
+    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 2)
+    monkeypatch.setattr(forecaster, "MAX_BATCH", 100)  # a run per block
+    registry = StreamRegistry()
+    for i in range(20):
+        registry.insert(StreamId(f"dev{i:02d}", "temp"), regular(100, level=i, seed=i))
+    bundle = SlowBundle(run_s=0.0)
+    fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
+    link, _ = tick(fc, registry)
+    fc.close()
+    assert [len(batch) for batch in bundle.batches] == [2, 8, 3, 2, 2, 2, 1]
+    assert len(link.on("forecasts/")) == 20

@@ -912,15 +912,21 @@ class SlowLink(RecordingLink):
         super().publish(topic, payload, qos, **kwargs)
 
 
-def test_the_next_block_runs_in_the_model_while_the_last_one_is_published(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def streams_in_blocks_of_four(monkeypatch: pytest.MonkeyPatch, streams: int) -> StreamRegistry:
+    """`streams` regular streams, ticked in blocks of 4 with a model run per block."""
     monkeypatch.setattr(forecaster, "BLOCK", 4)
     monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
     registry = StreamRegistry()
-    for i in range(12):  # three blocks, one model run each
+    for i in range(streams):
         registry.insert(StreamId(f"dev{i:02d}", "temp"), regular(100, level=i, seed=i))
+    return registry
+
+
+def test_the_next_block_runs_in_the_model_while_the_last_one_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = streams_in_blocks_of_four(monkeypatch, 12)  # three blocks, one model run each
     bundle = SlowBundle(run_s=0.3)
     fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
     link, metrics = SlowLink(publish_s=0.06), AgentMetrics()
@@ -940,12 +946,7 @@ def test_the_next_block_runs_in_the_model_while_the_last_one_is_published(
 def test_a_failed_model_run_fails_the_tick_and_the_blocks_after_it_are_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(forecaster, "BLOCK", 4)
-    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
-    monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
-    registry = StreamRegistry()
-    for i in range(16):
-        registry.insert(StreamId(f"dev{i:02d}", "temp"), regular(100, level=i, seed=i))
+    registry = streams_in_blocks_of_four(monkeypatch, 16)
     bundle = SlowBundle(run_s=0.05, fail_at=2)
     fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
     link = SlowLink(publish_s=0.1)  # the first block's publishing outlasts the second run

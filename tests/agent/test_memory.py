@@ -44,9 +44,10 @@ PROBE = textwrap.dedent(
 )
 
 
-def arenas(env: dict[str, str]) -> tuple[str, int]:
+def run_probe(probe: str, env: dict[str, str]) -> list[str]:
+    """The words a probe prints, run in a fresh interpreter (its own allocator state)."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         timeout=60,
@@ -54,7 +55,11 @@ def arenas(env: dict[str, str]) -> tuple[str, int]:
         env={**env, "PYTHONPATH": str(REPO)},
         check=True,
     )
-    capped, count = done.stdout.split()
+    return done.stdout.split()
+
+
+def arenas(env: dict[str, str]) -> tuple[str, int]:
+    capped, count = run_probe(PROBE, env)
     return capped, int(count)
 
 
@@ -89,16 +94,7 @@ TRIM_PROBE = textwrap.dedent(
 
 
 def test_freed_heap_pages_go_back_to_the_system() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", TRIM_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-    )
-    released, returned_mb = done.stdout.split()
+    released, returned_mb = run_probe(TRIM_PROBE, dict(os.environ))
     assert released == "True"
     assert float(returned_mb) > 50
 

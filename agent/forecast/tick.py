@@ -268,8 +268,10 @@ class Forecaster:
         skipped["unchanged"] += int(np.count_nonzero(~publish))
         longest = ordered[max(model.horizons)]
         good = np.flatnonzero(finite & publish)
-        shown = rows if good.size == len(rows) else [rows[i] for i in good]
-        issued = ordered if good.size == len(rows) else {h: q[good] for h, q in ordered.items()}
+        shown, issued = rows, ordered  # every row goes out: no copies
+        if good.size < len(rows):
+            shown = [rows[i] for i in good]
+            issued = {h: q[good] for h, q in ordered.items()}
         extras = self.quality.issued(shown, issued, good, context.now)
         payloads = model.encoder.encode(shown, issued, context.now, model.version, extras)
         topic, expiry = self.settings.topics.forecasts, self.settings.forecast.expiry_s

@@ -1,4 +1,4 @@
-"""At most two glibc malloc arenas for the agent's threads.
+"""glibc's malloc, tuned for the agent: at most two arenas, free pages released after ticks.
 
 glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in
 one arena is not reused by another: the MQTT network loop, the ingest writer, the scheduler
@@ -12,6 +12,7 @@ operator's choice, wins. Without glibc (musl, macOS) nothing changes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -22,31 +23,30 @@ MAX_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, when it is glibc (whose malloc these functions tune); else None."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
 def limit_malloc_arenas(count: int = MAX_ARENAS) -> bool:
     """Cap glibc's malloc arenas at `count`; call before the agent's threads start (each takes
     its arena at its first allocation). True when the cap was set."""
-    if os.environ.get("MALLOC_ARENA_MAX") is not None or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if os.environ.get("MALLOC_ARENA_MAX") is not None or libc is None:
         return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = getattr(libc, "mallopt", None)
     if mallopt is None or mallopt(_M_ARENA_MAX, count) != 1:
         log.debug("could not cap glibc's malloc arenas")
         return False
     return True
 
 
-_libc: ctypes.CDLL | None = None
-
-
 def release_free_memory() -> bool:
     """Hand the free pages at the top and inside of glibc's heaps back to the system
     (`malloc_trim(0)`); True when glibc's malloc did it. The agent calls it after every tick:
-    a tick's arrays and payloads are freed when it ends, but glibc keeps the pages for
-    reuse, and with the ingest writer allocating between ticks the heap fragments and only
-    grows. Measured with `benchmarks/agent_memory.py --ticks`: see the README."""
-    global _libc
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(None)
-    trim = getattr(_libc, "malloc_trim", None)
+    a tick's arrays and payloads are freed when it ends, but glibc keeps their pages for
+    reuse, and without the release the resident set crept up over the first ticks
+    (`python benchmarks/agent_memory.py`: see the README)."""
+    trim = getattr(_glibc(), "malloc_trim", None)
     return trim is not None and bool(trim(0))

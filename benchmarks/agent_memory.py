@@ -4,6 +4,7 @@
 
 1. Imports: a fresh interpreter imports the agent's modules one after the other, in the order
    `moecast agent` needs them, and reports the growth of its resident set (VmRSS) at each step;
+   and, after the last, how much of it is mapped from files (RssFile: the libraries' code);
    then `python -X importtime -c "import moecast.agent.cli"`, summed per top-level package.
 2. Streams: a StreamRegistry filled with STREAMS streams of full buffers (max_points readings
    plus the trimming slack, the most a stream holds), measured with tracemalloc and as RSS.
@@ -63,7 +64,9 @@ for name in sys.argv[1:]:
     before = len(sys.modules)
     importlib.import_module(name)
     steps.append((name, rss(), len(sys.modules) - before))
-print(json.dumps(steps))
+text = open("/proc/self/status").read()
+mapped = int(re.search(r"^RssFile:\\s+(\\d+) kB", text, re.M).group(1)) / 1024
+print(json.dumps({"steps": steps, "file_backed_mb": mapped}))
 """
 
 _STREAMS_CHILD = """
@@ -149,7 +152,7 @@ def measure_ticks(streams: int, ticks: int) -> dict[str, Any]:
     return json.loads(out)
 
 
-def measure_imports() -> list[tuple[str, float, int]]:
+def measure_imports() -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _IMPORTS_CHILD, *IMPORT_STEPS],
         capture_output=True,
@@ -197,13 +200,18 @@ def main() -> int:
     print(f"$ python {' '.join(sys.argv)}")
     print(f"{cpu_description()}, {len(os.sched_getaffinity(0))} cores")
 
-    steps = measure_imports()
+    imported = measure_imports()
+    steps = imported["steps"]
     print("resident set after each import (MB), and its growth:")
     previous = None
     for name, rss, modules in steps:
         growth = "" if previous is None else f"+{rss - previous:6.1f}"
         print(f"  {name:<52} {rss:7.1f} {growth:>7}  ({modules} modules)")
         previous = rss
+    print(
+        f"  of the {previous:.1f} MB, {imported['file_backed_mb']:.1f} MB are pages mapped from "
+        "files (the code of the interpreter and the libraries: shared, and dropped under pressure)"
+    )
 
     total, per_package = measure_importtime("moecast.agent.cli")
     print(

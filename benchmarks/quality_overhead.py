@@ -103,10 +103,9 @@ def main() -> None:
         print(f"{platform.processor() or platform.machine()}, {args.streams} streams, CPU time")
         print(f"tick without quality: median {off * 1e3:.1f} ms")
         print(f"tick with quality:    median {on * 1e3:.1f} ms (+{(on - off) * 1e3:.1f} ms)")
-        steps = quality.pending.merged()  # type: ignore[attr-defined]
         skill = quality.skill  # type: ignore[attr-defined]
         per_stream = {
-            "pending steps": steps.nbytes / args.streams,
+            "pending steps": quality.pending.nbytes / args.streams,  # type: ignore[attr-defined]
             "skill sums": sum(getattr(skill, f)[: args.streams].nbytes for f in skill.FIELDS)
             / args.streams,
             "calibration": quality.calibrator.log_scale[: args.streams].nbytes / args.streams,  # type: ignore[attr-defined]

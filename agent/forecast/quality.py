@@ -55,14 +55,6 @@ SUMMARY_DIGITS = 4
 
 
 @dataclass(frozen=True, slots=True)
-class _Issued:
-    slots: np.ndarray
-    grid_end: np.ndarray
-    interval: np.ndarray
-    quantiles: dict[int, np.ndarray]  # as published, in float32 (only until `finish`)
-
-
-@dataclass(frozen=True, slots=True)
 class QualitySnapshot:
     """What the metrics threads read: copies, swapped in whole by the tick thread."""
 
@@ -105,7 +97,7 @@ class QualityMonitor:
         self.calibrator = Calibrator((), np.empty(0), self.config.calibration_rate)
         self.pending = PendingSteps(0)
         self.counters: Counter[str] = Counter()
-        self._issued: list[_Issued] = []
+        self._recorded: list[Steps] = []  # this tick's new pending steps, until `finish`
         self._shown: list[tuple[StreamId, float]] = []  # forecast this tick, with intervals
         self._tick_slots = np.empty(0, np.intp)
         self._payload_summary: np.ndarray = np.empty((0, 0, 0))
@@ -131,7 +123,7 @@ class QualityMonitor:
     ) -> None:
         self._open(context)
         self._use_model(horizons, levels)
-        self._issued = []
+        self._recorded = []
         self._shown = []
         if not self.enabled:
             return
@@ -155,23 +147,27 @@ class QualityMonitor:
         self._last_end[slots] = ends
         self._interval[slots] = intervals
 
-        steps = self.pending.merged()
-        if len(steps):
+        if len(self.pending):
             row_of = np.full(self._capacity, -1, np.intp)
             row_of[slots] = np.arange(len(rows))
-            r = row_of[steps.slot]
-            present = r >= 0
-            r = np.where(present, r, 0)
-            lag = np.rint((ends[r] - steps.bin_end) / intervals[r])
-            closed = present & (lag >= 1)
-            index = np.where(closed, width - 1 - lag, -1).astype(np.intp)
-            inside = closed & (index >= 0)
-            value = np.full(len(steps), np.nan)
+
+            def lag(steps: Steps) -> tuple[np.ndarray, np.ndarray]:
+                """Per step, its stream's row in this tick (0 when not due: lag 0) and how
+                many bins the stream's grid has moved past the step's bin (closed: >= 1)."""
+                r = row_of[steps.slot]
+                present = r >= 0
+                r = np.where(present, r, 0)
+                return r, np.where(present, np.rint((ends[r] - steps.bin_end) / intervals[r]), 0)
+
+            closed = self.pending.remove(lambda steps: lag(steps)[1] >= 1)
+            r, bins = lag(closed)
+            index = (width - 1 - bins).astype(np.intp)
+            inside = index >= 0  # a bin older than the grid's first is missing
+            value = np.full(len(closed), np.nan)
             value[inside] = grid[r[inside], index[inside]]
-            scored = inside & ~np.isnan(value)
-            self.counters["missing"] += int(np.count_nonzero(closed) - np.count_nonzero(scored))
-            self.pending.keep(~closed)
-            self._score(steps.take(scored), value[scored], context)
+            scored = ~np.isnan(value)
+            self.counters["missing"] += len(closed) - int(np.count_nonzero(scored))
+            self._score(closed.take(scored), value[scored], context)
         self._prepare_payloads()
 
     def _prepare_payloads(self) -> None:
@@ -247,21 +243,19 @@ class QualityMonitor:
         good: np.ndarray,
         now: float,
     ) -> list[dict[str, Any]] | None:
-        """Per row, the keys the forecast payload gains; keeps the forecasts for `finish`."""
+        """Per row, the keys the forecast payload gains; the forecasts' steps to score later
+        are kept (`_record`)."""
         self._shown += [(row.stream, row.interval_s) for row in rows]
         if not self.enabled or not rows:
             return None
         n = len(rows)
         slots = np.fromiter((self._slots[row.stream] for row in rows), np.intp, n)
-        self._issued.append(
-            _Issued(
-                slots,
-                np.fromiter((row.grid_end for row in rows), np.float64, n),
-                np.fromiter((row.interval_s for row in rows), np.float64, n),
-                # Kept until `finish` for every stream of the tick, in the float32 the pending
-                # steps keep (half the float64 payload copies: 3.8 MB for 1000 streams).
-                {h: q.astype(np.float32) for h, q in quantiles.items()},
-            )
+        self._record(
+            slots,
+            np.fromiter((row.grid_end for row in rows), np.float64, n),
+            np.fromiter((row.interval_s for row in rows), np.float64, n),
+            quantiles,
+            now,
         )
         self._dirty[slots[~self._forecast[slots]]] = True  # first forecast: worth a save
         self._forecast[slots] = True
@@ -304,21 +298,28 @@ class QualityMonitor:
         if self._discovery is not None:
             self._discovery.tick(context, self._shown, self._horizons, self._levels)
         if self.enabled:
-            self._record(context.now)
+            self.pending.add(*self._recorded)
+            self._recorded = []
             self._report_stale(context)
         if context.now - self._saved_at >= self.config.save_interval_s:
             self.save(context)
         if self.enabled:
             self._publish_summary()
 
-    def _record(self, now: float) -> None:
-        """The tick's issued forecasts become pending steps, per head only for streams whose
-        last recorded origin of that head is h/K bins old, so K origins cover every lead."""
-        if not self._issued:
-            return
-        slots = np.concatenate([i.slots for i in self._issued])
-        ends = np.concatenate([i.grid_end for i in self._issued])
-        intervals = np.concatenate([i.interval for i in self._issued])
+    def _record(
+        self,
+        slots: np.ndarray,
+        ends: np.ndarray,
+        intervals: np.ndarray,
+        quantiles: dict[int, np.ndarray],
+        now: float,
+    ) -> None:
+        """Issued forecasts become pending steps (at `finish`), per head only for streams whose
+        last recorded origin of that head is h/K bins old, so K origins cover every lead.
+
+        Selected as each block is published, not kept whole until `finish`: with K = 2 a
+        tick records ~8 of a stream's 105 steps, so the tick holds those, not every
+        forecast it published (3.8 MB for 1000 streams)."""
         naive = self._naive[slots]
         per_origin = self.config.origins_per_head
         for head, h in enumerate(self._horizons):
@@ -327,21 +328,20 @@ class QualityMonitor:
             due = ~(ends - last < (spacing - 0.5) * intervals)  # NaN (never recorded): due
             if not due.any():
                 continue
-            q = np.concatenate([i.quantiles[h] for i in self._issued])[due]
             rows = int(np.count_nonzero(due))
             lead = np.arange(1, h + 1, dtype=np.float64)
-            self.pending.add(
+            self._recorded.append(
                 Steps(
                     np.repeat(slots[due].astype(np.int32), h),
                     np.full(rows * h, head, np.int8),
                     (ends[due, None] + intervals[due, None] * lead).reshape(-1),
                     np.repeat(naive[due], h),
                     np.full(rows * h, round(now, 3)),  # as the payload states it
-                    q.reshape(rows * h, -1),
+                    # float32, as published (sorted, calibrated)
+                    quantiles[h][due].astype(np.float32).reshape(rows * h, -1),
                 )
             )
             self._last_recorded[slots[due], head] = ends[due]
-        self._issued = []
 
     def _report_stale(self, context: TickContext) -> None:
         if not (self.config.anomalies.enabled and self.config.anomalies.report_stale):
@@ -517,9 +517,7 @@ class QualityMonitor:
         self._last_end[slot] = math.nan
         self._interval[slot] = math.nan
         self._last_recorded[slot] = math.nan
-        steps = self.pending.merged()
-        if len(steps):
-            self.pending.keep(steps.slot != slot)
+        self.pending.remove(lambda steps: steps.slot == slot)
 
     def _grow(self, capacity: int) -> None:
         def grown(old: np.ndarray, fill: float | bool) -> np.ndarray:

@@ -21,6 +21,7 @@ coverage = S_inside / W; `count` is every step scored, undecayed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ class Steps:
     def __len__(self) -> int:
         return int(self.slot.size)
 
-    def take(self, index: np.ndarray) -> Steps:
+    def take(self, index: np.ndarray | slice) -> Steps:
         return Steps(
             self.slot[index],
             self.head[index],
@@ -75,28 +76,65 @@ class Steps:
 
 
 class PendingSteps:
-    """Issued steps whose bins have not closed yet, for every stream; appended per tick."""
+    """Issued steps whose bins have not closed yet, for every stream: chunks of at most
+    CHUNK_STEPS steps, oldest first.
+
+    Chunks, not one array: taking a tick's closed steps out copies a chunk at a time, so the
+    memory a tick adds is a chunk's (~1 MB), not a second copy of every pending step (1000
+    streams: ~6 MB pending, 6.4 MB recorded by the first tick alone). Once there are more
+    than MAX_CHUNKS, the smallest neighbouring chunks are merged.
+    """
+
+    CHUNK_STEPS = 16384
+    MAX_CHUNKS = 64
 
     def __init__(self, levels: int) -> None:
         self.levels = levels
-        self.steps = Steps.empty(levels)
-        self._added: list[Steps] = []
+        self.chunks: list[Steps] = []
 
-    def add(self, steps: Steps) -> None:
-        if len(steps):
-            self._added.append(steps)
+    def add(self, *parts: Steps) -> None:
+        """Append steps, packed into chunks of at most CHUNK_STEPS. Each chunk is a copy: a
+        view would keep the whole array it came from alive until its last chunk is gone."""
+        pieces: list[Steps] = []
+        size = 0
+        for part in parts:
+            for start in range(0, len(part), self.CHUNK_STEPS):
+                piece = part.take(slice(start, start + self.CHUNK_STEPS))
+                if size + len(piece) > self.CHUNK_STEPS:
+                    self.chunks.append(Steps.concat(pieces))
+                    pieces, size = [], 0
+                pieces.append(piece)
+                size += len(piece)
+        if pieces:
+            self.chunks.append(Steps.concat(pieces))  # concatenating copies, even one piece
 
-    def merged(self) -> Steps:
-        if self._added:
-            self.steps = Steps.concat([self.steps, *self._added])
-            self._added = []
-        return self.steps
+    def remove(self, select: Callable[[Steps], np.ndarray]) -> Steps:
+        """Take out the steps `select` marks (a boolean mask of a chunk) and return them, in
+        the order they were added."""
+        taken = []
+        for i, chunk in enumerate(self.chunks):
+            mask = select(chunk)
+            if mask.any():
+                taken.append(chunk.take(mask))
+                # Replaced at once, so that the old chunk is freed before the next is copied.
+                self.chunks[i] = chunk.take(~mask)
+            del chunk
+        self.chunks = [chunk for chunk in self.chunks if len(chunk)]
+        self._merge_small()
+        return Steps.concat(taken) if taken else Steps.empty(self.levels)
 
-    def keep(self, mask: np.ndarray) -> None:
-        self.steps = self.merged().take(mask)
+    def _merge_small(self) -> None:
+        while len(self.chunks) > self.MAX_CHUNKS:
+            sizes = np.array([len(c) for c in self.chunks])
+            i = int(np.argmin(sizes[:-1] + sizes[1:]))
+            self.chunks[i : i + 2] = [Steps.concat(self.chunks[i : i + 2])]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
 
     def __len__(self) -> int:
-        return len(self.steps) + sum(len(s) for s in self._added)
+        return sum(len(c) for c in self.chunks)
 
 
 class SkillBook:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from moecast.agent.forecast.anomalies import tail_probability
 from moecast.agent.forecast.quality_store import QUALITY_DB, QualityStore
+from moecast.agent.forecast.skill import PendingSteps, Steps
 from moecast.agent.forecast.tick import Forecaster
 from moecast.agent.ingest.readings import Reading, StreamId
 from moecast.agent.ingest.streams import StreamRegistry
@@ -351,3 +352,48 @@ def test_long_heads_calibrate_by_rate_over_root_h_per_step() -> None:
     np.testing.assert_allclose(short[upper], 0.05 * levels[upper])  # miss - target = t
     np.testing.assert_allclose(long[upper], 0.05 / 8 * levels[upper])
     np.testing.assert_allclose(short[~upper & (levels < 0.5)], -0.05 * levels[levels < 0.5])
+
+
+def _steps(slots: np.ndarray, issued_at: float) -> Steps:
+    n = slots.size
+    return Steps(
+        slots.astype(np.int32),
+        np.zeros(n, np.int8),
+        np.arange(n, dtype=np.float64),
+        np.zeros(n, np.float32),
+        np.full(n, issued_at),
+        np.zeros((n, 2), np.float32),
+    )
+
+
+def test_pending_steps_come_out_in_the_order_added_and_none_is_lost_by_merging() -> None:
+    pending = PendingSteps(2)
+    rng = np.random.default_rng(0)
+    added = []
+    for tick in range(3 * PendingSteps.MAX_CHUNKS):
+        slots = rng.integers(0, 5, int(rng.integers(1, 20)))
+        added.append(_steps(slots, float(tick)))
+        pending.add(added[-1])
+        # Each tick takes out one stream's steps: the chunks shrink unevenly.
+        pending.remove(lambda steps, gone=tick % 5: steps.slot == gone)
+        assert len(pending.chunks) <= PendingSteps.MAX_CHUNKS
+    expected = Steps.concat(added)
+    removed = np.zeros(len(expected), bool)
+    for tick in range(len(added)):
+        removed |= (expected.issued_at <= tick) & (expected.slot == tick % 5)
+    expected = expected.take(~removed)
+    assert len(pending) == len(expected)
+    everything = pending.remove(lambda steps: np.ones(len(steps), bool))
+    assert len(pending) == 0
+    assert pending.nbytes == 0
+    for name in Steps.__slots__:
+        np.testing.assert_array_equal(getattr(everything, name), getattr(expected, name))
+
+
+def test_pending_steps_are_held_in_small_chunks_of_their_own() -> None:
+    pending = PendingSteps(2)
+    big = _steps(np.arange(2 * PendingSteps.CHUNK_STEPS + 5) % 7, 0.0)
+    pending.add(big, _steps(np.arange(3), 1.0))
+    assert [len(c) for c in pending.chunks] == [PendingSteps.CHUNK_STEPS] * 2 + [8]
+    # No chunk is a view: none keeps `big` alive once the caller lets it go.
+    assert all(getattr(c, name).base is None for c in pending.chunks for name in Steps.__slots__)

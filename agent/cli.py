@@ -30,7 +30,7 @@ from types import FrameType
 from moecast.agent.forecast.tick import Forecaster
 from moecast.agent.ops.broker_config import broker_config_warnings
 from moecast.agent.ops.heartbeat import HEARTBEAT_FILE, Heartbeat, check
-from moecast.agent.ops.memory import limit_malloc_arenas
+from moecast.agent.ops.memory import limit_malloc_arenas, map_large_blocks
 from moecast.agent.ops.metrics import PrometheusError
 from moecast.agent.settings import (
     AgentSettings,
@@ -124,6 +124,7 @@ def trust_warnings(settings: AgentSettings) -> list[str]:
 def serve(settings: AgentSettings) -> int:
     """Run until a termination signal; then store what arrived and say `offline`."""
     limit_malloc_arenas()  # before any thread of ours starts
+    map_large_blocks()
     stop = threading.Event()
     for warning in trust_warnings(settings):
         log.warning(warning)

@@ -9,12 +9,12 @@
 2. Streams: a StreamRegistry filled with STREAMS streams of full buffers (max_points readings
    plus the trimming slack, the most a stream holds), measured with tracemalloc and as RSS.
 3. Ticks (`--ticks N`, default 4): the forecasting side of the agent in one process, in its
-   order: malloc arenas capped, the default bundle loaded, STREAMS streams of 600 readings 10 s
-   apart (`benchmarks/tick_cost.py`'s), then N ticks of the agent's Forecaster with the real
-   model, publishing nowhere. Per tick: the peak RSS during it (VmHWM, reset before each tick
-   through /proc/self/clear_refs), the RSS after it and after `release_free_memory` (as the
-   agent does), and, for one more tick, the peak of what Python and numpy allocate during it
-   (tracemalloc; ONNX Runtime's own allocations are not traced).
+   order: malloc tuned (arenas capped, large blocks mapped), the default bundle loaded, STREAMS
+   streams of 600 readings 10 s apart (`benchmarks/tick_cost.py`'s), then N ticks of the agent's
+   Forecaster with the real model, publishing nowhere. Per tick: the peak RSS during it (VmHWM,
+   reset before each tick through /proc/self/clear_refs), the RSS after it and after
+   `release_free_memory` (as the agent does), and, for one more tick, the peak of what Python
+   and numpy allocate during it (tracemalloc; ONNX Runtime's own allocations are not traced).
 
 Everything is measured in child processes, so that nothing this script imported counts.
 """
@@ -104,8 +104,9 @@ def status(key):
 def reset_peak():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-from moecast.agent.ops.memory import limit_malloc_arenas, release_free_memory
+from moecast.agent.ops.memory import limit_malloc_arenas, map_large_blocks, release_free_memory
 limit_malloc_arenas()
+map_large_blocks()
 import tick_cost
 from moecast.agent.forecast import tick
 from moecast.agent.settings import load_settings

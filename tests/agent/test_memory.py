@@ -99,6 +99,53 @@ def test_freed_heap_pages_go_back_to_the_system() -> None:
     assert float(returned_mb) > 50
 
 
+# A 4 MB block freed raises glibc's dynamic mmap threshold to 4 MB; then 40 blocks of 1 MB are
+# allocated, each followed by a small block that stays, and freed: from the heap, their pages
+# stay resident (the small blocks pin them); mapped on their own, they leave at once.
+MAPPED_PROBE = textwrap.dedent(
+    """
+    import ctypes, re, sys
+    from moecast.agent.ops.memory import map_large_blocks
+    def rss_mb():
+        return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read())[1]) / 1024
+    mapped = map_large_blocks() if sys.argv[1] == "mapped" else False
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free(libc.malloc(4 << 20))
+    blocks, pins = [], []
+    for _ in range(40):
+        blocks.append(libc.malloc(1 << 20))
+        ctypes.memset(blocks[-1], 1, 1 << 20)
+        pins.append(libc.malloc(2000))
+    held = rss_mb()
+    for block in blocks:
+        libc.free(block)
+    print(mapped, held - rss_mb())
+    """
+)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_large_blocks_leave_the_resident_set_when_freed(mapped: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run(
+        [sys.executable, "-c", MAPPED_PROBE, "mapped" if mapped else "heap"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    was_set, returned_mb = done.stdout.split()
+    assert was_set == str(mapped)
+    if mapped:
+        assert float(returned_mb) > 35
+    else:  # the probe's premise: without the setting, the pages stay
+        assert float(returned_mb) < 5
+
+
 def test_the_agent_releases_memory_after_every_tick(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

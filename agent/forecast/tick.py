@@ -58,14 +58,13 @@ _T = TypeVar("_T")
 # The v2 bundle, 256 rows on one thread: runs of 8 peaked 34 MB above the loaded model, runs of
 # 4 21 MB in the same time (2.7-2.9 s), runs of 2 14 MB but 12 % slower, runs of 1 40 % slower.
 MAX_BATCH = 4
-# Rows whose quantiles are sorted, calibrated, encoded and published together: a few numpy
-# calls per block, not per model run (1000 streams: 250 runs, 4 blocks), while the float64
-# copies of a block's quantiles stay at a few MB.
-BLOCK = 256
-# The first block, and the blocks once fewer than BLOCK streams are left to look at, are this
-# small: the model starts after the first block is gridded, and what follows its last run
-# (publishing the last block) is what the model thread cannot hide.
-EDGE_BLOCK = 64
+# Rows gridded, run, sorted, calibrated, encoded and published together: a few numpy calls
+# per block, not per model run, while a block's arrays (float64 quantiles, payloads) stay
+# small. `python benchmarks/agent_memory.py`: ticks of 1000 streams peaked at 147-148 MB in
+# blocks of 64, 150-151 in blocks of 128 and 157-158 in blocks of 256, at the same CPU time
+# (`benchmarks/tick_cost.py`: 111 against 118 ms outside the model). Small blocks also start
+# the model sooner and leave less to publish after its last run.
+BLOCK = 64
 # `stale_after_s: auto`: after 16 silent intervals the 1- and 8-step heads and half the
 # 32-step one forecast the past. The floor keeps a fast stream whose device clock runs a little
 # behind (readings up to `limits.payload.max_future_s` ahead are accepted, so clocks are not
@@ -299,7 +298,7 @@ class Forecaster:
         # Due streams are gridded a block at a time, as they are found: the copies of their
         # readings and the gridding's temporary arrays are then a block's, not the tick's.
         due: list[_Due] = []
-        for index, stream in enumerate(streams):
+        for stream in streams:
             rule = self._rule(stream)
             configured = rule.interval_s if rule else "auto"
             wanted = rule.context_points if rule and rule.context_points else context_length
@@ -333,8 +332,7 @@ class Forecaster:
                 first = int(ts.searchsorted((grid_end / interval - length - 1) * interval, "right"))
                 ts, values = ts[first:].copy(), values[first:].copy()
             due.append(_Due(stream, rule, unchanged, ts, values, interval, length))
-            edge = not rows or len(streams) - index <= BLOCK
-            if len(due) >= (EDGE_BLOCK if edge else BLOCK):
+            if len(due) >= BLOCK:
                 rows += self._grid(due, skipped, on_block)
                 due = []
         rows += self._grid(due, skipped, on_block)

@@ -186,7 +186,8 @@ def test_rows_are_the_streams_grids_left_padded(
     [batch] = runs
     order = [StreamId("site", "irregular"), StreamId("site", "short")]
     assert registry.streams() == order
-    grid_end, grid = to_grid(ts, values, 30.0, 64)
+    # The registry holds values in float32, the model's precision.
+    grid_end, grid = to_grid(ts, values.astype(np.float32), 30.0, 64)
     assert np.isnan(batch[0, :64]).all()
     np.testing.assert_array_equal(batch[0, 64:], grid)
     assert np.isnan(batch[1, :108]).all()
@@ -203,7 +204,8 @@ def test_a_detected_interval_grids_the_same_from_the_whole_buffer_and_from_its_t
     # readings their grid covers. Both must give the grid of the whole buffer.
     rng = np.random.default_rng(2)
     ts = NOW - 12_000 + np.cumsum(rng.uniform(9.5, 10.5, size=1000))  # irregular, ~10 s apart
-    values = np.cos(ts / 500) + rng.normal(0, 0.1, ts.size)
+    # float32 values, as the registry holds them
+    values = (np.cos(ts / 500) + rng.normal(0, 0.1, ts.size)).astype(np.float32)
     stream = StreamId("site", "jittery")
     registry = StreamRegistry()
     registry.insert(stream, [Reading(t, v) for t, v in zip(ts, values, strict=True)])
@@ -915,7 +917,6 @@ class SlowLink(RecordingLink):
 def streams_in_blocks_of_four(monkeypatch: pytest.MonkeyPatch, streams: int) -> StreamRegistry:
     """`streams` regular streams, ticked in blocks of 4 with a model run per block."""
     monkeypatch.setattr(forecaster, "BLOCK", 4)
-    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     monkeypatch.setattr(forecaster, "MAX_BATCH", 4)
     registry = StreamRegistry()
     for i in range(streams):
@@ -963,7 +964,6 @@ def test_the_model_inline_publishes_what_the_model_thread_does(
     from tests.agent.quality_kit import FakeBundle
 
     monkeypatch.setattr(forecaster, "BLOCK", 4)
-    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 4)
     registry = StreamRegistry()
     for i in range(10):
         registry.insert(StreamId(f"dev{i}", "temp"), regular(100, level=i, seed=i))
@@ -983,12 +983,10 @@ def test_the_model_inline_publishes_what_the_model_thread_does(
     assert len(failing.batches) == 2
 
 
-def test_the_first_and_the_last_blocks_are_small(
+def test_streams_are_run_in_blocks_as_they_are_gridded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The model starts after the first block; what follows its last run is not hidden.
     monkeypatch.setattr(forecaster, "BLOCK", 8)
-    monkeypatch.setattr(forecaster, "EDGE_BLOCK", 2)
     monkeypatch.setattr(forecaster, "MAX_BATCH", 100)  # a run per block
     registry = StreamRegistry()
     for i in range(20):
@@ -997,5 +995,5 @@ def test_the_first_and_the_last_blocks_are_small(
     fc = Forecaster(bundle, settings_with(tmp_path))  # type: ignore[arg-type]
     link, _ = tick(fc, registry)
     fc.close()
-    assert [len(batch) for batch in bundle.batches] == [2, 8, 3, 2, 2, 2, 1]
+    assert [len(batch) for batch in bundle.batches] == [8, 8, 4]
     assert len(link.on("forecasts/")) == 20

@@ -44,10 +44,10 @@ PROBE = textwrap.dedent(
 )
 
 
-def run_probe(probe: str, env: dict[str, str]) -> list[str]:
+def run_probe(probe: str, env: dict[str, str], *args: str) -> list[str]:
     """The words a probe prints, run in a fresh interpreter (its own allocator state)."""
     done = subprocess.run(
-        [sys.executable, "-c", probe],
+        [sys.executable, "-c", probe, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -129,16 +129,7 @@ MAPPED_PROBE = textwrap.dedent(
 @pytest.mark.parametrize("mapped", [True, False])
 def test_large_blocks_leave_the_resident_set_when_freed(mapped: bool) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    done = subprocess.run(
-        [sys.executable, "-c", MAPPED_PROBE, "mapped" if mapped else "heap"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-        check=True,
-    )
-    was_set, returned_mb = done.stdout.split()
+    was_set, returned_mb = run_probe(MAPPED_PROBE, env, "mapped" if mapped else "heap")
     assert was_set == str(mapped)
     if mapped:
         assert float(returned_mb) > 35

@@ -318,7 +318,7 @@ class QualityMonitor:
         last recorded origin of that head is h/K bins old, so K origins cover every lead.
 
         Selected as each block is published, not kept whole until `finish`: with K = 2 a
-        tick records ~8 of a stream's 105 steps, so the tick holds those, not every
+        tick records on average ~7 of a stream's 105 steps, so the tick holds those, not every
         forecast it published (3.8 MB for 1000 streams)."""
         naive = self._naive[slots]
         per_origin = self.config.origins_per_head

@@ -449,9 +449,12 @@ def new_session(model: bytes, threads: int = 1) -> ort.InferenceSession:
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is None or not Path("/proc/self/fd").is_dir():
+    try:
+        if memfd_create is None or not Path("/proc/self/fd").is_dir():
+            raise OSError("no memfd_create or no /proc/self/fd")
+        fd = memfd_create("model.onnx")
+    except OSError:  # not Linux, or a sandbox that forbids it: hand ONNX Runtime the bytes
         return ort.InferenceSession(model, sess_options=options, providers=providers)
-    fd = memfd_create("model.onnx")
     try:
         with os.fdopen(os.dup(fd), "wb") as file:
             file.write(model)

@@ -167,6 +167,33 @@ def test_any_trusted_key_may_have_signed(real, key):
     load_bundle(real, [others[0], key.public_key(), others[1]])
 
 
+@pytest.mark.parametrize("memfd", ["available", "forbidden", "absent"])
+def test_the_verified_bytes_load_with_or_without_an_in_memory_file(real, key, monkeypatch, memfd):
+    import os
+
+    opened: list[int] = []
+    real_memfd_create = getattr(os, "memfd_create", None)
+    if memfd == "available" and real_memfd_create is None:
+        pytest.skip("this system has no memfd_create")
+
+    def create(name: str) -> int:
+        if memfd == "forbidden":
+            raise PermissionError("memfd_create is not allowed here")
+        opened.append(real_memfd_create(name))  # type: ignore[misc]
+        return opened[-1]
+
+    if memfd == "absent":
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    else:
+        monkeypatch.setattr(os, "memfd_create", create, raising=False)
+    bundle = load_bundle(real, [key.public_key()])
+    np.testing.assert_allclose(bundle.run(GOLDEN)["h2"][:, 0, 0], [36, 7])
+    assert len(opened) == (memfd == "available")
+    for fd in opened:  # closed once the session has loaded
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+
+
 def test_sessions_use_the_given_threads_and_never_spin(real, key):
     session = load_bundle(real, [key.public_key()], threads=2).session
     options = session.get_session_options()

@@ -118,7 +118,6 @@ class PendingSteps:
                 taken.append(chunk.take(mask))
                 # Replaced at once, so that the old chunk is freed before the next is copied.
                 self.chunks[i] = chunk.take(~mask)
-            del chunk
         self.chunks = [chunk for chunk in self.chunks if len(chunk)]
         self._merge_small()
         return Steps.concat(taken) if taken else Steps.empty(self.levels)

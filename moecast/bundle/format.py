@@ -448,20 +448,33 @@ def new_session(model: bytes, threads: int = 1) -> ort.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
-    memfd_create = getattr(os, "memfd_create", None)
-    try:
-        if memfd_create is None or not Path("/proc/self/fd").is_dir():
-            raise OSError("no memfd_create or no /proc/self/fd")
-        fd = memfd_create("model.onnx")
-    except OSError:  # not Linux, or a sandbox that forbids it: hand ONNX Runtime the bytes
+    fd = _memory_file(model)
+    if fd is None:  # not Linux, or a sandbox that forbids it: hand ONNX Runtime the bytes
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     try:
-        with os.fdopen(os.dup(fd), "wb") as file:
-            file.write(model)
         path = f"/proc/self/fd/{fd}"
         return ort.InferenceSession(path, sess_options=options, providers=providers)
     finally:
         os.close(fd)
+
+
+def _memory_file(data: bytes) -> int | None:
+    """The descriptor of an anonymous in-memory file holding `data` (the caller closes it),
+    or None where Linux's memfd_create or /proc is missing or forbidden."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not Path("/proc/self/fd").is_dir():
+        return None
+    try:
+        fd = memfd_create("model.onnx")
+    except OSError:
+        return None
+    try:
+        with open(fd, "wb", closefd=False) as file:
+            file.write(data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def load_bundle(

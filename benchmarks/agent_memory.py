@@ -15,6 +15,11 @@
    reset before each tick through /proc/self/clear_refs), the RSS after it and after
    `release_free_memory` (as the agent does), and, for one more tick, the peak of what Python
    and numpy allocate during it (tracemalloc; ONNX Runtime's own allocations are not traced).
+4. The model session (`--session-rows`, default 256): in a fresh process each, the default
+   bundle's ONNX Runtime session made as the agent makes it (`new_session`: from an in-memory
+   file) and from the bytes (the fallback where there is none), its growth of the resident set
+   (after `malloc_trim`), then those rows forecast in runs of MAX_BATCH and of 2 rows: what the
+   runs add at their peak (ONNX Runtime's arena and the code they page in) and their time.
 
 Everything is measured in child processes, so that nothing this script imported counts.
 """
@@ -31,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from moecast.agent.forecast.tick import MAX_BATCH
 from tick_cost import HISTORY
 from timing import cpu_description
 
@@ -153,6 +159,54 @@ def measure_ticks(streams: int, ticks: int) -> dict[str, Any]:
     return json.loads(out)
 
 
+_SESSION_CHILD = """
+import json, os, re, sys, time, ctypes
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from moecast.agent.ops.memory import limit_malloc_arenas, map_large_blocks, release_free_memory
+limit_malloc_arenas()
+map_large_blocks()
+from moecast.bundle.format import new_session
+def status(key):
+    text = open("/proc/self/status").read()
+    return int(re.search(rf"^{key}:\\s+(\\d+) kB", text, re.M).group(1)) / 1024
+source, rows, per_run = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if source == "bytes":
+    del os.memfd_create  # the fallback, as where Linux has none
+model = (Path(sys.argv[1]).parent / "agent" / "default_bundle" / "model.onnx").read_bytes()
+release_free_memory()
+before = status("VmRSS")
+session = new_session(model)
+del model
+release_free_memory()
+out = {"session_mb": status("VmRSS") - before}
+rng = np.random.default_rng(0)
+values = (20 + np.cumsum(rng.normal(0, 0.1, (rows, 512)), axis=1)).astype(np.float32)
+base = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+started = time.perf_counter()
+for start in range(0, rows, per_run):
+    session.run(None, {"values": values[start : start + per_run]})
+out["runs_s"] = time.perf_counter() - started
+out["runs_peak_mb"] = status("VmHWM") - base
+print(json.dumps(out))
+"""
+
+
+def measure_session(source: str, rows: int, per_run: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _SESSION_CHILD, str(Path(__file__).parent), source, str(rows),
+         str(per_run)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout  # fmt: skip
+    return json.loads(out)
+
+
 def measure_imports() -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _IMPORTS_CHILD, *IMPORT_STEPS],
@@ -196,6 +250,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=STREAMS)
     parser.add_argument("--ticks", type=int, default=4, help="forecasting ticks (0: none)")
+    parser.add_argument(
+        "--session-rows", type=int, default=256, help="rows run in the session part (0: none)"
+    )
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     print(f"$ python {' '.join(sys.argv)}")
@@ -242,10 +299,28 @@ def main() -> int:
                 f"{row['after']:.1f}, after release_free_memory {row['released']:.1f}"
             )
         print(f"  one more tick: Python and numpy allocated at most {ticks['traced_peak']:.1f} MB")
+    sessions: dict[str, Any] = {}
+    if args.session_rows:
+        print(f"\nthe default bundle's session, then {args.session_rows} rows (MB, s):")
+        for source in ("memfd", "bytes"):
+            for per_run in (MAX_BATCH, 2):
+                key = f"{source}, runs of {per_run}"
+                sessions[key] = m = measure_session(source, args.session_rows, per_run)
+                print(
+                    f"  from {'an in-memory file' if source == 'memfd' else 'the bytes':<18}"
+                    f" session +{m['session_mb']:5.1f}; runs of {per_run}: peak"
+                    f" +{m['runs_peak_mb']:5.1f}, {m['runs_s']:.2f} s"
+                )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(
-                {"imports": steps, "importtime": per_package, "streams": streams, "ticks": ticks},
+                {
+                    "imports": steps,
+                    "importtime": per_package,
+                    "streams": streams,
+                    "ticks": ticks,
+                    "sessions": sessions,
+                },
                 out,
                 indent=2,
             )

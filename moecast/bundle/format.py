@@ -437,8 +437,9 @@ def new_session(model: bytes, threads: int = 1) -> ort.InferenceSession:
 
     Where Linux offers it, the session reads the model from an anonymous in-memory file
     holding these very bytes (the ones whose checksum was verified, so nothing on disk can
-    change in between), closed once loaded: ONNX Runtime then keeps 3.3 MB less of the
-    default bundle than when handed the bytes (12.1 against 15.4 MB of the session's own).
+    change in between), closed once loaded: ONNX Runtime then keeps 3.4-3.5 MB less of the
+    default bundle than when handed the bytes (`benchmarks/agent_memory.py`: 19.3 against
+    22.7-22.8 MB for a session in a fresh process).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

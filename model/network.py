@@ -297,7 +297,9 @@ def hold_probability(values: Tensor, observed: Tensor, horizon: int) -> Tensor:
     later = later.clamp_max(length - 1)
     pairs = observed[:, None, :] & observed[:, later] & inside
     same = pairs & (values[:, later] == values[:, None, :])
-    return same.sum(-1).to(values.dtype) / pairs.sum(-1).clamp_min(1).to(values.dtype)
+    # Counted in the values' dtype (exact: at most `length`), not the int64 a boolean sum
+    # gives: half the bytes at the model's largest moment.
+    return same.to(values.dtype).sum(-1) / pairs.to(values.dtype).sum(-1).clamp_min(1)
 
 
 def hold_decode(quantiles: Tensor, last: Tensor, held: Tensor, levels: Tensor) -> Tensor:
@@ -568,8 +570,10 @@ def skill_weights(
     # running sums over the steps, read at h.
     ends = [m.shape[-1] - 1 for m in medians]
     mine = error.sum(-2).cumsum(-1)[..., ends]  # [batch, classical, heads]
-    count = pairs.sum(-2).cumsum(-1)[..., ends]
+    # Pairs counted in the forecasts' dtype (exact: at most origins x horizon), not the int64
+    # a boolean sum gives: that cast was the largest tensor of the exported graph.
     weight = pairs.to(error.dtype)
+    count = weight.sum(-2).cumsum(-1)[..., ends]
     network = torch.stack(
         [
             # sum over the candidate's pairs of the network's error, as one product
@@ -581,9 +585,9 @@ def skill_weights(
     )[:, :, 0]
     # A floor on both sums (a hundredth of a standard deviation per pair) keeps flat
     # stretches, where everything is exact, from dividing by zero.
-    floor = 1e-2 * count.to(error.dtype)
+    floor = 1e-2 * count
     ratio = (mine + floor) / (network + floor)
-    need = torch.tensor(list(min_pairs), device=count.device)
+    need = torch.tensor(list(min_pairs), device=count.device, dtype=count.dtype)
     ratio = torch.where(count >= need, ratio, torch.inf)
     if guard > 0 and c.shifted:
         start, stop, _ = c.families()[0]  # plain seasonal naive

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moecast.agent.ingest.readings import StreamId
+from moecast.agent.ingest.store import CACHE_KIB
 
 _SCHEMA = """
 -- A rowid table: WITHOUT ROWID would put each ~1 KB state on an overflow page of its own.
@@ -40,6 +41,7 @@ class QualityStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # as the readings' store
         self._db.executescript(_SCHEMA)
 
     def load_states(self) -> dict[StreamId, dict[str, Any]]:

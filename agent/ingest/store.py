@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS readings (
 # the sequence-gap tracker's state (agent.ingest.sequence), JSON.
 _ADDED_COLUMNS = {"last_arrival": "REAL", "seq_state": "TEXT"}
 _ARRIVAL_RESOLUTION_S = 60.0
+# SQLite's page cache, per connection (its default is 2 MB). The operating system caches the
+# file's pages anyway, so a smaller cache costs little: `benchmarks/agent_throughput.py`'s
+# batch ingest stored as fast with 512 KiB, and the agent's resident set is 1.6 MB smaller.
+CACHE_KIB = 512
 _CHUNKS = (256, 16)  # rows per INSERT statement, the largest first; the rest one at a time
 _INSERT_MANY = {
     n: "INSERT OR REPLACE INTO readings (stream_id, ts, value) VALUES "
@@ -83,6 +87,7 @@ class ReadingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         synchronous = "FULL" if self.limits.power_loss_safe else "NORMAL"
         self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         # A batch spread over many streams dirties one leaf page per stream, so commits are
         # page-heavy: checkpoint (and fsync) every ~16 MB of WAL rather than SQLite's 4 MB, and
         # bound the WAL file left behind afterwards on small disks.

@@ -191,3 +191,25 @@ def test_retired_streams_lose_their_rows_in_the_writing_transaction(tmp_path: Pa
         assert [s for s, _, _ in store.restore_all(10)] == [new]
         store.write({old: [Reading(3.0, 3.0)]})  # comes back as a new stream
         assert store.load_recent(old, 10)[0].tolist() == [3.0]
+
+
+def test_page_cache_bounded(tmp_path: Path) -> None:
+    """Both of the agent's SQLite connections keep at most CACHE_KIB of pages (SQLite's own
+    default is 2 MB each), whatever they hold."""
+    from moecast.agent.forecast.quality_store import QUALITY_DB, QualityStore
+    from moecast.agent.ingest.store import CACHE_KIB
+
+    assert 0 < CACHE_KIB < 2000
+    with ReadingStore(tmp_path / "readings.db") as store:
+        store.write(
+            {
+                StreamId("d", f"s{i}"): [Reading(float(t), 1.0) for t in range(50)]
+                for i in range(200)
+            }
+        )
+        assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    quality = QualityStore(tmp_path / QUALITY_DB)
+    try:
+        assert quality._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    finally:
+        quality.close()

@@ -8,6 +8,9 @@
    then `python -X importtime -c "import moecast.agent.cli"`, summed per top-level package.
 2. Streams: a StreamRegistry filled with STREAMS streams of full buffers (max_points readings
    plus the trimming slack, the most a stream holds), measured with tracemalloc and as RSS.
+   Then SQLite's own memory (`sqlite3_memory_used`) once a readings' store holds 600 readings
+   of each stream, written ten a stream per transaction, with the store's page cache
+   (CACHE_KIB) and with SQLite's default of 2 MB, and the time the writes took.
 3. Ticks (`--ticks N`, default 4): the forecasting side of the agent in one process, in its
    order: malloc tuned (arenas capped, large blocks mapped), the default bundle loaded, STREAMS
    streams of 600 readings 10 s apart (`benchmarks/tick_cost.py`'s), then N ticks of the agent's
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from moecast.agent.forecast.tick import MAX_BATCH
+from moecast.agent.ingest.store import CACHE_KIB
 from tick_cost import HISTORY
 from timing import cpu_description
 
@@ -207,6 +211,45 @@ def measure_session(source: str, rows: int, per_run: int) -> dict[str, float]:
     return json.loads(out)
 
 
+_SQLITE_CHILD = """
+import ctypes, ctypes.util, json, sys, tempfile, time
+from pathlib import Path
+from moecast.agent.ingest.readings import Reading, StreamId
+from moecast.agent.ingest.store import ReadingStore
+streams, readings, cache_kib = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+name = ctypes.util.find_library("sqlite3")
+lib = ctypes.CDLL(name) if name else None
+used = getattr(lib, "sqlite3_memory_used", None)
+if used is not None:
+    used.restype = ctypes.c_int64
+ids = [StreamId(f"d{i // 10}", f"s{i}") for i in range(streams)]
+start = time.time() - readings * 10.0
+with tempfile.TemporaryDirectory() as tmp, ReadingStore(Path(tmp) / "r.db") as store:
+    if cache_kib:
+        store._db.execute(f"PRAGMA cache_size=-{cache_kib}")
+    started = time.perf_counter()
+    for first in range(0, readings, 10):  # ten readings a stream per transaction
+        store.write({s: [Reading(start + (first + j) * 10.0, float(j)) for j in range(10)]
+                     for s in ids})
+    seconds = time.perf_counter() - started
+    mb = used() / 2**20 if used is not None else None
+print(json.dumps({"sqlite_mb": mb, "write_s": seconds}))
+"""
+
+
+def measure_sqlite(streams: int, cache_kib: int) -> dict[str, Any]:
+    """SQLite's own memory (`sqlite3_memory_used`, None where Python's SQLite is not the
+    shared library) once the readings' store holds HISTORY readings of each stream, written
+    ten a stream per transaction; `cache_kib` 0: the store's setting, else that page cache."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SQLITE_CHILD, str(streams), str(HISTORY), str(cache_kib)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
 def measure_imports() -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _IMPORTS_CHILD, *IMPORT_STEPS],
@@ -285,6 +328,17 @@ def main() -> int:
         f" {streams['traced_mb']:.1f} MB allocated (tracemalloc), {streams['rss_mb']:.1f} MB RSS,"
         f" {per_stream_kb:.1f} KB per stream"
     )
+    sqlite = {
+        "store": measure_sqlite(args.streams, 0),
+        "default": measure_sqlite(args.streams, 2000),
+    }
+    if sqlite["store"]["sqlite_mb"] is not None:
+        print(
+            f"\nSQLite, {args.streams} streams of {HISTORY} readings stored: page cache "
+            f"{CACHE_KIB} KiB (the store's) {sqlite['store']['sqlite_mb']:.2f} MB in "
+            f"{sqlite['store']['write_s']:.2f} s, 2 MB (SQLite's default) "
+            f"{sqlite['default']['sqlite_mb']:.2f} MB in {sqlite['default']['write_s']:.2f} s"
+        )
     ticks: dict[str, Any] = {}
     if args.ticks:
         ticks = measure_ticks(args.streams, args.ticks)
@@ -318,6 +372,7 @@ def main() -> int:
                     "imports": steps,
                     "importtime": per_package,
                     "streams": streams,
+                    "sqlite": sqlite,
                     "ticks": ticks,
                     "sessions": sessions,
                 },

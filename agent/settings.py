@@ -277,8 +277,15 @@ class ForecastSettings(_Section):
 class IngestSettings(_Section):
     queue_size: int = Field(default=10_000, gt=0)  # messages between the network and the writer
     # Payload bytes between the network and the writer: over it, QoS 0 messages are dropped
-    # ("queue_full") and QoS 1 ones wait. The message count alone allows gigabytes.
+    # ("queue_full", after qos0_wait_s) and QoS 1 ones wait. The message count alone allows
+    # gigabytes.
     queue_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # How long a QoS 0 message that finds the queue full waits for the writer to make room
+    # before it is dropped ("queue_full"). Readings arriving faster than they can be stored
+    # then wait in the socket and the broker (whose limits apply) instead of each costing the
+    # network thread paho's decoding only to be dropped, time taken from the writer. 0: drop
+    # at once.
+    qos0_wait_s: float = Field(default=0.1, ge=0)
     batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
     # Payload bytes per transaction (one message may exceed it): a reading takes ~5x its JSON
     # size in memory until committed, so a thousand batch payloads in one transaction would

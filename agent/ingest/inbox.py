@@ -104,12 +104,6 @@ class Inbox(queue.Queue[InboundMessage | Flush]):
             self.not_full.notify_all()
         return items
 
-    def full_for(self, size: int) -> bool:
-        """Whether a message of `size` payload bytes finds no room now, read without the lock:
-        a hint (the writer may make room a moment later) for dropping a QoS 0 message before
-        anything is built for it."""
-        return self._no_room(size)
-
     def _no_room(self, size: int) -> bool:
         if 0 < self.maxsize <= len(self.queue):
             return True

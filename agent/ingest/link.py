@@ -10,7 +10,9 @@ An acknowledgement is only sent on the connection its message arrived on: after 
 broker redelivers unacknowledged messages anyway, and if it lost the session it may reuse the
 packet id for a different message, which a stale PUBACK would then acknowledge unseen.
 
-The network callback only enqueues; nothing that can block or fail slowly runs on paho's thread.
+The network callback only enqueues; nothing that can fail slowly runs on paho's thread. It waits
+for room in a full queue (QoS 1 until there is some, QoS 0 at most `ingest.qos0_wait_s`), so
+that it reads no faster than the writer stores.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class MqttLink:
         self.settings = settings
         self.inbox = inbox
         self.metrics = metrics
+        self._qos0_wait_s = settings.ingest.qos0_wait_s
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.model_version: int | None = None  # the active model's, for the status topic
         group = settings.updates.group
@@ -328,11 +331,6 @@ class MqttLink:
             # Dropped here, before it takes memory in the queue; the writer still counts it as
             # "too_large" and acknowledges it in its turn, as it would have unparsed.
             payload, oversized = b"", len(payload)
-        if message.qos == 0 and self.inbox.full_for(len(payload)):
-            # Overloaded: dropped before building anything, so that the network thread takes
-            # as little of the GIL from the writer as it can while the queue is full.
-            self.metrics.count_dropped("queue_full")
-            return
         try:
             topic: str | None = message.topic
         except UnicodeDecodeError:
@@ -341,8 +339,12 @@ class MqttLink:
             topic, payload, time.time(), message.mid, message.qos, self._connection, oversized
         )
         if message.qos == 0:
+            # A full queue is waited on for a moment, not dropped into at once: receiving and
+            # dropping a flood took the GIL from the writer, which then stored still less
+            # (benchmarks/agent_throughput.py, README). Waiting, this thread reads no more
+            # than the writer stores; what arrives faster waits in the socket and the broker.
             try:
-                self.inbox.put_nowait(item)
+                self.inbox.put(item, timeout=self._qos0_wait_s)
             except queue.Full:
                 self.metrics.count_dropped("queue_full")
         else:

@@ -75,7 +75,8 @@ def test_qos1_waits_for_room_in_bytes_and_is_never_dropped() -> None:
 
 
 def test_a_flood_of_large_qos0_messages_keeps_the_queued_bytes_bounded(tmp_path: Path) -> None:
-    settings = load_settings(agent_id="flood", storage_dir=tmp_path)
+    # Nothing takes from the queue here: each message beyond it waits qos0_wait_s, then drops.
+    settings = load_settings(agent_id="flood", storage_dir=tmp_path, ingest={"qos0_wait_s": 0.001})
     link = link_with_inbox(settings)
     payload = b"[" + b" " * (MB - 2) + b"]"  # 1 MB, within limits.payload.max_bytes
     for mid in range(400):
@@ -84,6 +85,37 @@ def test_a_flood_of_large_qos0_messages_keeps_the_queued_bytes_bounded(tmp_path:
     assert queued <= settings.ingest.queue_bytes == 16 * MB
     assert link.inbox.queued_bytes == queued  # type: ignore[attr-defined]
     assert link.metrics.snapshot()["dropped"]["queue_full"] == 400 - link.inbox.qsize()
+
+
+def test_qos0_waits_for_the_writer_to_make_room_then_drops(tmp_path: Path) -> None:
+    """A QoS 0 message that finds the queue full waits up to ingest.qos0_wait_s for room: it is
+    queued if the writer takes a batch in time, dropped and counted if not."""
+    settings = load_settings(
+        agent_id="pace",
+        storage_dir=tmp_path,
+        broker={"receive_maximum": 1},
+        ingest={"queue_size": 2, "qos0_wait_s": 0.5},
+    )
+    link = link_with_inbox(settings)
+    reading = json.dumps({"ts": time.time(), "value": 1.0}).encode()
+    for mid in (0, 1):
+        link._on_message(link._client, None, paho_message(reading, qos=0, mid=mid))
+    taken = threading.Timer(0.2, lambda: link.inbox.take(10, MB))  # type: ignore[attr-defined]
+    taken.start()
+    started = time.monotonic()
+    link._on_message(link._client, None, paho_message(reading, qos=0, mid=2))
+    waited = time.monotonic() - started
+    taken.join()
+    assert 0.1 < waited < 0.5  # until the take, not the whole wait
+    assert [m.mid for m in link.inbox.queue] == [2]  # type: ignore[attr-defined]
+    assert "queue_full" not in link.metrics.snapshot()["dropped"]
+
+    link._on_message(link._client, None, paho_message(reading, qos=0, mid=3))  # fills it
+    started = time.monotonic()
+    link._on_message(link._client, None, paho_message(reading, qos=0, mid=4))
+    assert time.monotonic() - started >= 0.5
+    assert [m.mid for m in link.inbox.queue] == [2, 3]  # type: ignore[attr-defined]
+    assert link.metrics.snapshot()["dropped"]["queue_full"] == 1
 
 
 def test_an_oversized_payload_is_dropped_on_the_network_thread_and_still_acked(

@@ -283,8 +283,9 @@ class IngestSettings(_Section):
     # How long a QoS 0 message that finds the queue full waits for the writer to make room
     # before it is dropped ("queue_full"). Readings arriving faster than they can be stored
     # then wait in the socket and the broker (whose limits apply) instead of each costing the
-    # network thread paho's decoding only to be dropped, time taken from the writer. 0: drop
-    # at once.
+    # network thread paho's decoding only to be dropped, time taken from the writer. After a
+    # wait that timed out (a stalled writer), messages are dropped at once until the writer
+    # has made room again. 0: drop at once.
     qos0_wait_s: float = Field(default=0.1, ge=0)
     batch_max_messages: int = Field(default=1_000, gt=0)  # per SQLite transaction
     # Payload bytes per transaction (one message may exceed it): a reading takes ~5x its JSON

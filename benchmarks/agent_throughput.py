@@ -95,6 +95,7 @@ HISTORY = 600  # readings per stream before the forecasting ticks: more than the
 HISTORY_INTERVAL_S = 10.0
 CADENCE_S = 5.0
 METRICS_INTERVAL_S = 0.25
+SETTLE_S = 6.0  # a flood is over once the stored count has not moved for this long
 QUIET_S = 3.0  # the counting subscriber stops after this long without a message
 
 
@@ -314,6 +315,12 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # The broker, the agent and the watcher.
 
 
@@ -512,25 +519,31 @@ def run_publisher(
 
 def measure_ingest(
     agent: AgentProcess, watcher: Watcher, port: int, *, name: str, qos: int,
-    files: list[tuple[str, Path]], readings: int, batch: int = 0,
+    files: list[tuple[str, Path]], readings: int, batch: int = 0, broker_pid: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Flood, then read the stored rate from the agent's metrics samples."""
+    """Flood, then read the stored rate from the agent's metrics samples, and the CPU time the
+    agent and (with `broker_pid`) the broker took meanwhile."""
     base = wait(watcher.latest, 10, "metrics")
     base_stored, base_acked = base["readings_accepted"], base["acked"]
     base_dropped = sum(base["dropped"].values())
     load = load_average()
+    cpu_before = [cpu_seconds(agent.process.pid), cpu_seconds(broker_pid) if broker_pid else 0.0]
     published = flood(port, qos, files)
 
     def settled() -> bool:
         agent.check_alive()
         with watcher.lock:
-            samples = watcher.metrics[-int(2 / METRICS_INTERVAL_S) :]
+            samples = watcher.metrics[-int(SETTLE_S / METRICS_INTERVAL_S) :]
         stored = samples[-1]["readings_accepted"] - base_stored
-        # QoS 0 may drop what overflows: then the count stops moving instead.
+        dropped = sum(samples[-1]["dropped"].values()) - base_dropped
+        # QoS 0 may drop what overflows, counted; else (a broker that drops) the count stops
+        # moving, for longer than a stalled commit takes.
         still = len({s["readings_accepted"] for s in samples}) == 1 and len(samples) > 4
-        return stored >= readings or still
+        return stored + dropped >= readings or still
 
     wait(settled, 300, f"the agent to store the {name} readings")
+    # Up to the first unmoving samples: the agent's idle time after them is a few ms.
+    cpu = [cpu_seconds(agent.process.pid), cpu_seconds(broker_pid) if broker_pid else 0.0]
     time.sleep(2 * METRICS_INTERVAL_S)
     with watcher.lock:
         samples = [s for s in watcher.metrics if s["ts"] >= base["ts"]]
@@ -558,14 +571,20 @@ def measure_ingest(
         "samples_while_storing": len(moving),
         "publish_s": published["finished"] - published["started"],
         "load_average": load,
+        "agent_cpu_s": cpu[0] - cpu_before[0],
+        # How the writer batched: the messages per SQLite transaction, on average.
+        "messages_per_batch": (final["messages"] - base["messages"])
+        / max(final["batches"] - base["batches"], 1),
+        "broker_cpu_s": cpu[1] - cpu_before[1] if broker_pid else None,
     }
 
 
 def measure_baseline(
-    port: int, qos: int, files: list[tuple[str, Path]], topic: str = "sensors/#"
-) -> dict[str, Any]:
+    port: int, qos: int, files: list[tuple[str, Path]], topic: str = "sensors/#",
+    broker_pid: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The same flood into a subscriber of `topic` that only counts: the MQTT client library's
-    ceiling."""
+    ceiling; with `broker_pid`, also the CPU time the broker took."""
     messages = sum(path.read_bytes().count(b"\n") for _, path in files)
     command = [sys.executable, str(Path(__file__).resolve()), "listen", "--port", str(port),
                "--messages", str(messages), "--qos", str(qos), "--topic", topic]  # fmt: skip
@@ -574,8 +593,10 @@ def measure_baseline(
     if listener.stdout.readline().strip() != "subscribed":
         sys.exit("the listener failed to subscribe")
     load = load_average()
+    broker_before = cpu_seconds(broker_pid) if broker_pid else 0.0
     published = flood(port, qos, files)
     counted = json.loads(listener.communicate(timeout=700)[0].strip().splitlines()[-1])
+    broker_cpu = cpu_seconds(broker_pid) - broker_before if broker_pid else None
     return {
         "qos": qos,
         "messages": messages,
@@ -583,6 +604,7 @@ def measure_baseline(
         "per_s": counted["per_s"],
         "publish_s": published["finished"] - published["started"],
         "load_average": load,
+        "broker_cpu_s": broker_cpu,
     }
 
 
@@ -796,16 +818,24 @@ def main_benchmark(args: argparse.Namespace) -> int:
             rounds = results["qos0_rounds"] = []
             for k, (bare_files, agent_files) in enumerate(qos0_rounds):
                 print(f"QoS 0, round {k + 1}: {scale.qos0_messages:,} messages ...", flush=True)
-                bare = measure_baseline(broker.port, 0, bare_files, topic="bare/#")
+                bare = measure_baseline(
+                    broker.port, 0, bare_files, topic="bare/#", broker_pid=broker.process.pid
+                )
                 stored = measure_ingest(
                     agent, watcher, broker.port, name=f"qos0 round {k + 1}", qos=0,
                     files=agent_files, readings=scale.qos0_messages,
+                    broker_pid=broker.process.pid,
                 )  # fmt: skip
                 ratio = stored["readings_per_s"] / max(bare["per_s"], 1.0)
                 rounds.append({"paho": bare, "agent": stored, "ratio": ratio})
+                per_k = 1000 / scale.qos0_messages  # CPU ms per 1000 messages
                 print(
                     f"  paho alone {bare['per_s']:,.0f} messages/s, the agent stored"
-                    f" {stored['readings_per_s']:,.0f} readings/s: ratio {ratio:.3f}",
+                    f" {stored['readings_per_s']:,.0f} readings/s: ratio {ratio:.3f}; CPU ms"
+                    f" per 1000: broker {bare['broker_cpu_s'] * 1000 * per_k:.0f} (to paho)"
+                    f" and {stored['broker_cpu_s'] * 1000 * per_k:.0f} (to the agent), agent"
+                    f" {stored['agent_cpu_s'] * 1000 * per_k:.0f};"
+                    f" {stored['messages_per_batch']:.0f} messages per batch",
                     flush=True,
                 )
             # The round of the median ratio stands for QoS 0 in the report's details.

@@ -74,6 +74,7 @@ class MqttLink:
         self.inbox = inbox
         self.metrics = metrics
         self._qos0_wait_s = settings.ingest.qos0_wait_s
+        self._writer_stalled = False  # a QoS 0 wait for room timed out (network thread only)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.model_version: int | None = None  # the active model's, for the status topic
         group = settings.updates.group
@@ -343,9 +344,17 @@ class MqttLink:
             # dropping a flood took the GIL from the writer, which then stored still less
             # (benchmarks/agent_throughput.py, README). Waiting, this thread reads no more
             # than the writer stores; what arrives faster waits in the socket and the broker.
+            # Once a wait has timed out, the writer is stalled (a slow commit, a full disk):
+            # until it next makes room, messages are dropped at once, so that the socket keeps
+            # draining rather than the network thread reading one message per wait.
             try:
-                self.inbox.put(item, timeout=self._qos0_wait_s)
+                if self._writer_stalled:
+                    self.inbox.put_nowait(item)
+                else:
+                    self.inbox.put(item, timeout=self._qos0_wait_s)
+                self._writer_stalled = False
             except queue.Full:
+                self._writer_stalled = True
                 self.metrics.count_dropped("queue_full")
         else:
             # Not dropped: an unacknowledged message would only come back after a reconnect.

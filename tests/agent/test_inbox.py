@@ -89,7 +89,8 @@ def test_a_flood_of_large_qos0_messages_keeps_the_queued_bytes_bounded(tmp_path:
 
 def test_qos0_waits_for_the_writer_to_make_room_then_drops(tmp_path: Path) -> None:
     """A QoS 0 message that finds the queue full waits up to ingest.qos0_wait_s for room: it is
-    queued if the writer takes a batch in time, dropped and counted if not."""
+    queued if the writer takes a batch in time, dropped and counted if not; after such a
+    timeout, messages are dropped without waiting until the writer has made room."""
     settings = load_settings(
         agent_id="pace",
         storage_dir=tmp_path,
@@ -116,6 +117,18 @@ def test_qos0_waits_for_the_writer_to_make_room_then_drops(tmp_path: Path) -> No
     assert time.monotonic() - started >= 0.5
     assert [m.mid for m in link.inbox.queue] == [2, 3]  # type: ignore[attr-defined]
     assert link.metrics.snapshot()["dropped"]["queue_full"] == 1
+
+    # The writer is stalled: until it makes room, the next ones are dropped without a wait.
+    started = time.monotonic()
+    for mid in (5, 6):
+        link._on_message(link._client, None, paho_message(reading, qos=0, mid=mid))
+    assert time.monotonic() - started < 0.1
+    assert link.metrics.snapshot()["dropped"]["queue_full"] == 3
+    link.inbox.take(1, MB)  # type: ignore[attr-defined]
+    link._on_message(link._client, None, paho_message(reading, qos=0, mid=7))  # room: queued
+    link._on_message(link._client, None, paho_message(reading, qos=0, mid=8))  # waits again
+    assert [m.mid for m in link.inbox.queue] == [3, 7]  # type: ignore[attr-defined]
+    assert link.metrics.snapshot()["dropped"]["queue_full"] == 4
 
 
 def test_an_oversized_payload_is_dropped_on_the_network_thread_and_still_acked(

@@ -40,6 +40,14 @@ VARIANTS: dict[str, dict] = {
     "les-guard3": {**LES, "combine_guard": 3.0},
     "les-d98": {**LES, "combine_damping": 0.98},
     "les-d95": {**LES, "combine_damping": 0.95},
+    # The combination's power, tuned on the pretraining series (`--sources pretrain`), not on
+    # the held-out ones.
+    "les-d95-p3": {**LES, "combine_damping": 0.95, "combine_power": 3.0},
+    "les-d95-p6": {**LES, "combine_damping": 0.95, "combine_power": 6.0},
+    "les-d95-p8": {**LES, "combine_damping": 0.95, "combine_power": 8.0},
+    "les-d95-p12": {**LES, "combine_damping": 0.95, "combine_power": 12.0},
+    "les-d95-p16": {**LES, "combine_damping": 0.95, "combine_power": 16.0},
+    "les-d95-p32": {**LES, "combine_damping": 0.95, "combine_power": 32.0},
 }
 
 

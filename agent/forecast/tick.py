@@ -57,7 +57,10 @@ _T = TypeVar("_T")
 # (2 cores, 1000 rows: ~1.5 s in runs of 8 or 16, 2.1 s in runs of 256, 3.6 s in one run).
 # The v2 bundle, 256 rows on one thread: runs of 8 peaked 34 MB above the loaded model, runs of
 # 4 21 MB in the same time (2.7-2.9 s), runs of 2 14 MB but 12 % slower, runs of 1 40 % slower.
-MAX_BATCH = 4
+# 3 rather than 4 since bundle v5, for the agent's memory goal (150 MB with 1000 streams):
+# `benchmarks/agent_throughput.py --quick` peaked at 146.7-147.4 MB against 149.0-150.4, for
+# about 10 % more model time a tick (4.90-5.10 s against 4.13-4.89 s for 1000 streams).
+MAX_BATCH = 3
 # Rows gridded, run, sorted, calibrated, encoded and published together: a few numpy calls
 # per block, not per model run, while a block's arrays (float64 quantiles, payloads) stay
 # small. `python benchmarks/agent_memory.py`: ticks of 1000 streams peaked at 147-148 MB in

@@ -19,10 +19,11 @@
    `release_free_memory` (as the agent does), and, for one more tick, the peak of what Python
    and numpy allocate during it (tracemalloc; ONNX Runtime's own allocations are not traced).
 4. The model session (`--session-rows`, default 256): in a fresh process each, the default
-   bundle's ONNX Runtime session made as the agent makes it (`new_session`: from an in-memory
-   file) and from the bytes (the fallback where there is none), its growth of the resident set
-   (after `malloc_trim`), then those rows forecast in runs of MAX_BATCH and of 2 rows: what the
-   runs add at their peak (ONNX Runtime's arena and the code they page in) and their time.
+   bundle's (or `--bundle`'s) ONNX Runtime session made as the agent makes it (`new_session`:
+   from an in-memory file) and from the bytes (the fallback where there is none), its growth of
+   the resident set (after `malloc_trim`), then those rows forecast in runs of MAX_BATCH and of
+   2 rows: what the runs add at their peak and what they leave after `malloc_trim` (ONNX
+   Runtime's arena and the code they page in), and their time.
 
 Everything is measured in child processes, so that nothing this script imported counts.
 """
@@ -43,6 +44,8 @@ from moecast.agent.forecast.tick import MAX_BATCH
 from moecast.agent.ingest.store import CACHE_KIB
 from tick_cost import HISTORY
 from timing import cpu_description
+
+REPO = Path(__file__).resolve().parents[1]
 
 # In the order the agent's start-up reaches them; each step's growth excludes what earlier ones
 # already imported.
@@ -178,7 +181,7 @@ def status(key):
 source, rows, per_run = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if source == "bytes":
     del os.memfd_create  # the fallback, as where Linux has none
-model = (Path(sys.argv[1]).parent / "agent" / "default_bundle" / "model.onnx").read_bytes()
+model = Path(sys.argv[5]).read_bytes()
 release_free_memory()
 before = status("VmRSS")
 session = new_session(model)
@@ -195,14 +198,16 @@ for start in range(0, rows, per_run):
     session.run(None, {"values": values[start : start + per_run]})
 out["runs_s"] = time.perf_counter() - started
 out["runs_peak_mb"] = status("VmHWM") - base
+release_free_memory()
+out["runs_after_mb"] = status("VmRSS") - base  # what the runs leave: ONNX Runtime's arena, code
 print(json.dumps(out))
 """
 
 
-def measure_session(source: str, rows: int, per_run: int) -> dict[str, float]:
+def measure_session(source: str, rows: int, per_run: int, model: Path) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", _SESSION_CHILD, str(Path(__file__).parent), source, str(rows),
-         str(per_run)],
+         str(per_run), str(model)],
         capture_output=True,
         text=True,
         check=True,
@@ -296,6 +301,9 @@ def main() -> int:
     parser.add_argument(
         "--session-rows", type=int, default=256, help="rows run in the session part (0: none)"
     )
+    parser.add_argument(
+        "--bundle", default=str(REPO / "agent" / "default_bundle"), help="the session part's"
+    )
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     print(f"$ python {' '.join(sys.argv)}")
@@ -355,15 +363,17 @@ def main() -> int:
         print(f"  one more tick: Python and numpy allocated at most {ticks['traced_peak']:.1f} MB")
     sessions: dict[str, Any] = {}
     if args.session_rows:
-        print(f"\nthe default bundle's session, then {args.session_rows} rows (MB, s):")
+        model = Path(args.bundle) / "model.onnx"
+        print(f"\n{model}: the session, then {args.session_rows} rows (MB, s):")
         for source in ("memfd", "bytes"):
             for per_run in (MAX_BATCH, 2):
                 key = f"{source}, runs of {per_run}"
-                sessions[key] = m = measure_session(source, args.session_rows, per_run)
+                sessions[key] = m = measure_session(source, args.session_rows, per_run, model)
                 print(
                     f"  from {'an in-memory file' if source == 'memfd' else 'the bytes':<18}"
                     f" session +{m['session_mb']:5.1f}; runs of {per_run}: peak"
-                    f" +{m['runs_peak_mb']:5.1f}, {m['runs_s']:.2f} s"
+                    f" +{m['runs_peak_mb']:5.1f}, after them +{m['runs_after_mb']:5.1f},"
+                    f" {m['runs_s']:.2f} s"
                 )
     if args.json:
         with open(args.json, "w") as out:

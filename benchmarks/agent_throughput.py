@@ -22,9 +22,12 @@ Python subscriber takes messages, so what is measured is the receiving side, not
    `readings_accepted` counter, which counts a batch after its SQLite commit, read from its
    metrics topic every 0.25 s, rate over the samples between the first and the last change):
    (a) one reading per message `{"ts": ..., "value": ...}` at QoS 0, QOS0_ROUNDS times, each as
-   a ratio of its round's ceiling, the median reported (what exceeds the agent's queue is
-   dropped, `queue_full`, and reported), (b) the same at QoS 1, where a reading is acknowledged
-   only once stored, (c) batch payloads (a JSON list of BATCH readings per message, QoS 1).
+   a ratio of its round's ceiling, the median reported (what the agent's full queue refuses
+   after `ingest.qos0_wait_s` is dropped, `queue_full`, and reported), with the CPU time the
+   broker and the agent took per 1000 messages and the writer's messages per batch, (b) the
+   same at QoS 1, where a reading is acknowledged only once stored, (c) batch payloads (a JSON
+   list of BATCH readings per message, QoS 1). A flood ends when stored plus dropped reach
+   what was published, or after SETTLE_S without a reading stored.
 3. Where the agent's time goes: a second agent, its writer thread under cProfile (a child
    process running this file with `profiled-agent`), takes a QoS 1 single-reading flood; the
    functions with the most own time are printed. Slower than unprofiled, so not timed.

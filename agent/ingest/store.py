@@ -50,8 +50,8 @@ CREATE TABLE IF NOT EXISTS readings (
 _ADDED_COLUMNS = {"last_arrival": "REAL", "seq_state": "TEXT"}
 _ARRIVAL_RESOLUTION_S = 60.0
 # SQLite's page cache, per connection (its default is 2 MB). The operating system caches the
-# file's pages anyway, so a smaller cache costs little: `benchmarks/agent_throughput.py`'s
-# batch ingest stored as fast with 512 KiB, and the agent's resident set is 1.6 MB smaller.
+# file's pages anyway, so a smaller cache costs little: `benchmarks/agent_memory.py`, 1000
+# streams of 600 readings, SQLite held 0.64 MB against 2.14 and wrote in 2.19 s against 2.03.
 CACHE_KIB = 512
 _CHUNKS = (256, 16)  # rows per INSERT statement, the largest first; the rest one at a time
 _INSERT_MANY = {

@@ -68,6 +68,10 @@ class ModelConfig:
     # damping + damping ** 2 + ... + damping ** k trends; 1: undamped.
     combine_damping: float = 1.0
     combine_power: float = 4.0
+    # Learned weights instead (`network.SkillGate`, fitted by `moecast fit-gate` with the
+    # network frozen): per head and candidate family, from every head's error ratios. These
+    # are weights: a checkpoint with the gate holds them.
+    combine_gate: bool = False
     # Also shrink the quantiles' spread by the mix's in-context error ratio to the network.
     combine_narrow: bool = False
     # Origins before this many points (at most half the context) are not scored: the
@@ -133,6 +137,13 @@ class ModelConfig:
     @property
     def expert_d_ff(self) -> int:
         return self.d_ff // 2 if self.is_sparse else self.d_ff
+
+    @property
+    def combine_slots(self) -> int:
+        """Forecasts the combination mixes: the network, naive, seasonal naive, then the
+        shifted seasonal, drift and smoothing families where configured."""
+        families = (self.combine_shifted, bool(self.combine_drifts), bool(self.combine_smoothing))
+        return 3 + sum(families)
 
     @property
     def max_horizon(self) -> int:

@@ -551,18 +551,34 @@ def skill_weights(
     min_pairs: Sequence[int],
     guard: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """`skill_ratios`' ratios and best members, with the weights `power_weights` gives them."""
+    ratios, best = skill_ratios(c, medians, min_pairs, guard)
+    return power_weights(ratios, power), ratios, best
+
+
+def power_weights(ratios: Tensor, power: float) -> Tensor:
+    """Weights `ratios ** -power`, normalised over the last axis (an inf ratio weighs 0)."""
+    raw = ratios.pow(-power)
+    return raw / raw.sum(-1, keepdim=True)
+
+
+def skill_ratios(
+    c: Candidates,
+    medians: Sequence[Tensor],
+    min_pairs: Sequence[int],
+    guard: float = 0.0,
+) -> tuple[Tensor, Tensor]:
     """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
-    weights `[batch, heads, mix]` of the network, naive and the best of each family of `c`
-    (seasonal naive, then shifted seasonal, drift and smoothing where `c` has them), their
-    error ratios to the network (inf where not scored), and which member of each family is best
-    (`[batch, heads, mix - 2]`, indices into the classical candidates).
+    the error ratios to the network `[batch, heads, mix]` of the network (1), naive and the best
+    of each family of `c` (seasonal naive, then shifted seasonal, drift and smoothing where `c`
+    has them), inf where not scored, and which member of each family is best (`[batch, heads,
+    mix - 2]`, indices into the classical candidates).
 
     Each classical candidate is scored against the network on the same pairs (origin, step),
     those where both are defined and the context observed the target: its error ratio r is
-    its absolute error summed over them over the network's. Weights are r ** -power (the
-    network's r is 1), normalised; a candidate with under `min_pairs` (of its head) pairs
-    gets none. With `guard` and shifted candidates, plain seasonal naive gets none either
-    where the level has moved since the cycle it repeats (`level_moved`).
+    its absolute error summed over them over the network's. A candidate with under
+    `min_pairs` (of its head) pairs gets inf. With `guard` and shifted candidates, so does
+    plain seasonal naive where the level has moved since the cycle it repeats (`level_moved`).
     """
     pairs = c.defined & c.scored[:, None]  # [batch, classical, origins, horizon]
     error = torch.where(pairs, (c.forecasts - c.truth[:, None]).abs(), 0.0)
@@ -602,9 +618,7 @@ def skill_weights(
             family_ratio = torch.where(longer, family_ratio, torch.inf)
         columns.append(family_ratio)
         best.append(index + start)
-    ratios = torch.stack(columns, -1)
-    raw = ratios.pow(-power)  # inf -> 0
-    return raw / raw.sum(-1, keepdim=True), ratios, torch.stack(best, -1)
+    return torch.stack(columns, -1), torch.stack(best, -1)
 
 
 def level_moved(c: Candidates, ends: Sequence[int], guard: float, typical: Tensor) -> Tensor:
@@ -626,6 +640,33 @@ def level_moved(c: Candidates, ends: Sequence[int], guard: float, typical: Tenso
     return mean_gap > guard * typical
 
 
+def skill_mix(
+    quantiles: Sequence[Tensor],
+    medians: Sequence[Tensor],
+    c: Candidates,
+    median: int,
+    guard: float = 0.0,
+) -> tuple[Tensor, list[Tensor]]:
+    """What the combination weighs: `skill_ratios`' error ratios `[batch, heads, mix]` and each
+    head's forecasts to mix `[batch, mix, h]` from the last origin (the
+    network's median, naive, then the best member of each of `c`'s families). Where a family's
+    best has no value at the end (a long gap), naive stands in for it. A candidate needs 4 h
+    pairs to be weighed."""
+    min_pairs = [4 * m.shape[-1] for m in medians]
+    ratios, best = skill_ratios(c, medians, min_pairs, guard)
+    final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
+    b, heads, slots = best.shape
+    index = best.flatten(1)[..., None].expand(-1, -1, final.shape[-1])
+    chosen = final.gather(1, index).view(b, heads, slots, -1)
+    usable = c.defined[:, :, -1].gather(1, index).view(b, heads, slots, -1)
+    chosen = torch.where(usable, chosen, final[:, None, :1])
+    mixes = []
+    for i, q in enumerate(quantiles):
+        h = q.shape[1]
+        mixes.append(torch.cat([q[:, None, :, median], final[:, :1, :h], chosen[:, i, :, :h]], 1))
+    return ratios, mixes
+
+
 def skill_combine(
     quantiles: Sequence[Tensor],
     medians: Sequence[Tensor],
@@ -634,30 +675,21 @@ def skill_combine(
     median: int,
     narrow: bool = False,
     guard: float = 0.0,
+    gate: SkillGate | None = None,
 ) -> list[Tensor]:
     """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
     the skill-weighted median of the network, naive and the best of each of `c`'s families
     (seasonal naive, shifted seasonal, drift, smoothing); `medians` are the heads' network
-    medians from `c`'s origins.
+    medians from `c`'s origins. The weights are (error ratio) ** -power, or `gate`'s.
 
     The network's quantiles move with its median. With `narrow`, their spread also shrinks by
     the weighted error ratio (never widens): a mix that scored better than the network in the
-    context is less uncertain than the network. Where the best seasonal naive or drift has no
-    value at the end (a long gap), naive stands in for it. A candidate needs 4 h pairs to be
-    weighed.
+    context is less uncertain than the network.
     """
-    min_pairs = [4 * m.shape[-1] for m in medians]
-    weights, ratios, best = skill_weights(c, medians, power, min_pairs, guard)
-    final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
-    b, heads, slots = best.shape
-    index = best.flatten(1)[..., None].expand(-1, -1, final.shape[-1])
-    chosen = final.gather(1, index).view(b, heads, slots, -1)
-    usable = c.defined[:, :, -1].gather(1, index).view(b, heads, slots, -1)
-    chosen = torch.where(usable, chosen, final[:, None, :1])
+    ratios, mixes = skill_mix(quantiles, medians, c, median, guard)
+    weights = power_weights(ratios, power) if gate is None else gate(ratios)
     combined = []
-    for i, q in enumerate(quantiles):
-        h = q.shape[1]
-        mix = torch.cat([q[:, None, :, median], final[:, :1, :h], chosen[:, i, :, :h]], 1)
+    for i, (q, mix) in enumerate(zip(quantiles, mixes, strict=True)):
         centre = (weights[:, i, :, None] * mix).sum(1)
         spread = q - q[..., median : median + 1]
         if narrow:
@@ -665,6 +697,41 @@ def skill_combine(
             spread = spread * shrink.sum(-1).clamp_max(1.0)[:, None, None]
         combined.append(centre[..., None] + spread)
     return combined
+
+
+class SkillGate(nn.Module):
+    """Learned weights for the in-context combination, from its error ratios alone.
+
+    The fixed rule weighs a candidate by (error ratio) ** -power per head, on its own ratio.
+    How far to trust a candidate's record may depend on more than that: on the head (a
+    near-hard choice wins one step ahead and loses 64 steps ahead, `benchmarks/COMBINE.md`),
+    on the family (drift's record extrapolates worse than seasonal naive's), and on how the
+    others did (seasonal naive scoring well at 8 steps says something about 64). So each
+    weight's logit is -power[head] * log r plus a small MLP of every head's log ratios, whose
+    output bias is a prior per head and candidate. It starts as the fixed rule (power as
+    configured, the MLP's output zero) and is fitted after pretraining with the network frozen
+    (`moecast.model.fit_gate`).
+    """
+
+    def __init__(self, heads: int, slots: int, power: float, hidden: int = 32) -> None:
+        super().__init__()
+        self.heads, self.slots = heads, slots
+        self.log_power = nn.Parameter(torch.full((heads, 1), math.log(max(power, 1e-3))))
+        self.hidden = nn.Linear(2 * heads * slots, hidden)
+        self.out = nn.Linear(hidden, heads * slots)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, ratios: Tensor) -> Tensor:
+        """`ratios` `[batch, heads, slots]` (inf: not weighed) -> weights summing to 1."""
+        usable = torch.isfinite(ratios)
+        # Clamped: a candidate e**8 times better or worse than the network in the context
+        # gains nothing by being more so.
+        log_ratio = torch.where(usable, ratios.clamp(1e-30, 1e30).log(), 0.0).clamp(-8.0, 8.0)
+        features = torch.cat([log_ratio.flatten(1), usable.to(ratios.dtype).flatten(1)], 1)
+        residual = self.out(F.gelu(self.hidden(features))).view(ratios.shape)
+        logits = residual - self.log_power.exp() * log_ratio
+        return logits.masked_fill(~usable, -torch.inf).softmax(-1)
 
 
 class QuantileHead(nn.Module):
@@ -717,6 +784,9 @@ class MoecastModel(nn.Module):
             }
         )
         self.apply(self._init_weights)
+        self.gate = None
+        if config.skill_combine and config.combine_gate:
+            self.gate = SkillGate(len(config.horizons), config.combine_slots, config.combine_power)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -826,15 +896,14 @@ class MoecastModel(nn.Module):
         tokens = values.shape[1] // self.config.patch_len
         return first_origin(self._min_origin(values), self.config.patch_len, tokens)
 
-    def _combine(self, values: Tensor, out: MoecastOutput) -> dict[int, Tensor]:
-        """Each head's last-token quantiles re-centred by `skill_combine` (normalised)."""
+    def _candidates(self, values: Tensor, out: MoecastOutput) -> Candidates:
+        """The classical candidates the combination scores, from every head's origins."""
         cfg = self.config
-        assert out.medians is not None
         observed = ~torch.isnan(values)
         z = torch.where(observed, (values - out.loc) / out.scale, 0.0)
         last = last_observed(z, observed, cfg.patch_len)
         # Every head's classical candidates are prefixes of the longest head's.
-        classical = classical_candidates(
+        return classical_candidates(
             z,
             observed,
             last,
@@ -847,16 +916,40 @@ class MoecastModel(nn.Module):
             cfg.combine_smoothing,
             cfg.combine_damping,
         )
+
+    def _combine(self, values: Tensor, out: MoecastOutput) -> dict[int, Tensor]:
+        """Each head's last-token quantiles re-centred by `skill_combine` (normalised)."""
+        cfg = self.config
+        assert out.medians is not None
         combined = skill_combine(
             [q[:, -1] for q in out.forecasts.values()],
             list(out.medians.values()),
-            classical,
+            self._candidates(values, out),
             cfg.combine_power,
             cfg.median_index,
             cfg.combine_narrow,
             cfg.combine_guard,
+            self.gate,
         )
         return dict(zip(out.forecasts, combined, strict=True))
+
+    @torch.no_grad()
+    def combination_inputs(self, values: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+        """What the combination weighs at the end of `values` (`skill_mix`): the error ratios
+        `[batch, heads, slots]`, each head's forecasts to mix `[batch, slots, h]` (normalised),
+        and the z-score's loc and scale `[batch, 1]`. Fitting the gate needs nothing else."""
+        if not self.config.skill_combine:
+            raise ValueError("the combination is off in this model's config (skill_combine)")
+        out = self.forward(values, last_only=True, medians_from=self._first_origin(values))
+        assert out.medians is not None
+        ratios, mixes = skill_mix(
+            [q[:, -1] for q in out.forecasts.values()],
+            list(out.medians.values()),
+            self._candidates(values, out),
+            self.config.median_index,
+            self.config.combine_guard,
+        )
+        return ratios, mixes, out.loc, out.scale
 
     @property
     def kept_experts(self) -> list[list[int]]:

@@ -37,6 +37,11 @@ COMMANDS: tuple[Command, ...] = (
         "train", "pretrain a model on synthetic and real series (resumable)", "moecast.model.train"
     ),
     Command("finetune", "adapt a checkpoint to your own series", "moecast.model.finetune"),
+    Command(
+        "fit-gate",
+        "fit the combination's learned weights to a checkpoint (network frozen)",
+        "moecast.model.fit_gate",
+    ),
     Command("agent", "run the edge agent on MQTT sensor streams", "moecast.agent.cli"),
     Command(
         "demo", "a simulated site, a broker and the agent: see it work", "moecast.agent.demo.cli"

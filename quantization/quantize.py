@@ -33,6 +33,9 @@ KEEP_FLOAT = {
     "embedding": re.compile(r"^embed\."),
     "router": re.compile(r"\.ffn\.router/"),
     "heads": re.compile(r"^heads\.(1|8)[./]"),
+    # The combination's learned weights: a few thousand parameters whose logits are
+    # exponentiated, where int8 would buy nothing and could tip a choice.
+    "gate": re.compile(r"^gate\."),
 }
 
 
@@ -66,13 +69,15 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
 
 def float_nodes(model: onnx.ModelProto) -> list[str]:
     """The MatMuls of the modules in KEEP_FLOAT. Fails if one is missing (but for the router of
-    a dense model, which has none), since a silent miss would quantize it."""
+    a dense model and the gate of a model without one, which have none), since a silent miss
+    would quantize it."""
     names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     sparse = any(".ffn.experts." in name for name in names)
     kept = []
     for module, pattern in KEEP_FLOAT.items():
         matches = [name for name in names if pattern.search(name)]
-        if not matches and (module != "router" or sparse):
+        optional = module == "gate" or (module == "router" and not sparse)
+        if not matches and not optional:
             raise ValueError(
                 f"no MatMul node of the {module} in the model: node names must follow "
                 "quantization.export.name_weight_nodes"

@@ -84,3 +84,52 @@ def test_the_short_heads_medians_stay_float(combining_fp32):
     kept = float_nodes(onnx.load(combining_fp32))
     assert {"heads.1/MatMul", "heads.8/MatMul"} <= set(kept)
     assert not any(name.startswith(("heads.32", "heads.64")) for name in kept)
+
+
+@pytest.fixture(scope="module")
+def gated(combining):
+    """`combining` with a learned gate (`network.SkillGate`) far from the fixed rule."""
+    from moecast.model.network import MoecastModel
+
+    model = MoecastModel(combining.config.replace(combine_gate=True)).eval()
+    model.load_state_dict(combining.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.gate.log_power.copy_(torch.randn(model.gate.log_power.shape, generator=g))
+        model.gate.out.bias.copy_(torch.randn(model.gate.out.bias.shape, generator=g))
+        model.gate.out.weight.copy_(0.3 * torch.randn(model.gate.out.weight.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+def test_a_gated_model_exports_and_its_int8_gate_stays_float(gated, tmp_path, batch):
+    import onnx
+    from moecast.quantization.export import export_onnx
+    from moecast.quantization.quantize import quantize_int8
+
+    fp32 = export_onnx(gated, tmp_path / "gated.onnx")
+    values = inputs(batch, gated.config.context_length, seed=10 + batch)
+    with torch.no_grad():
+        want = gated.predict(torch.from_numpy(values))
+        ungated = fixed_rule(gated).predict(torch.from_numpy(values))
+    got = run_onnx(fp32, values)
+    for name in FORECASTS:
+        h = int(name[1:])
+        assert np.abs(got[name] - want[h].numpy()).max() < 1e-3, name
+    # The gate changes the forecast (else this test could not fail).
+    assert max(float((want[h] - ungated[h]).abs().max()) for h in want) > 1e-2
+    int8 = quantize_int8(fp32, tmp_path / "gated.int8.onnx")
+    gate_ops = {n.op_type for n in onnx.load(int8).graph.node if n.name.startswith("gate.")}
+    assert "MatMul" in gate_ops, gate_ops
+    assert "MatMulInteger" not in gate_ops, gate_ops
+    assert np.isfinite(run_onnx(int8, values)["h64"]).all()
+
+
+def fixed_rule(model):
+    """The same weights with the fixed rule."""
+    from moecast.model.network import MoecastModel
+
+    plain = MoecastModel(model.config.replace(combine_gate=False)).eval()
+    state = model.state_dict()
+    plain.load_state_dict({k: v for k, v in state.items() if not k.startswith("gate.")})
+    return plain

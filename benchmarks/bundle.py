@@ -140,7 +140,9 @@ def main() -> int:
         "--site-windows", type=int, default=16, help="held-out windows per series of the site"
     )
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bundle.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bundle.json"
+    )
     args = parser.parse_args()
     if not args.checkpoint.is_dir():
         print(f"no checkpoint at {args.checkpoint}: pass --checkpoint", file=sys.stderr)

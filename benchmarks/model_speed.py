@@ -71,7 +71,9 @@ def main() -> int:
     parser.add_argument("--patch-lens", type=int, nargs="+", default=[8, 1])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_speed.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "model_speed.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

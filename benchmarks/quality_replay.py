@@ -329,7 +329,11 @@ def main() -> int:
     parser.add_argument("--skip-nab", action="store_true")
     parser.add_argument("--skip-classes", action="store_true")
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality_replay.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "quality_replay.json",
+    )
     args = parser.parse_args()
     steps = args.steps or (200 if args.quick else 600)
     per_class = args.per_class or (4 if args.quick else None)

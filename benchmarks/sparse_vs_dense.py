@@ -37,7 +37,11 @@ def main() -> int:
     parser.add_argument("--finetune-stride", type=int, default=8, help="train window stride")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sparse_vs_dense.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "sparse_vs_dense.json",
+    )
     args = parser.parse_args()
 
     data = split("ETTh1", args.data_root or default_data_root())

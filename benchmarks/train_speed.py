@@ -106,7 +106,9 @@ def main() -> int:
         "--profile", action="store_true", help="profile the step at the largest batch size"
     )
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "train_speed.json"
+    )
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()

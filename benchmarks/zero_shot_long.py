@@ -55,7 +55,11 @@ def main() -> int:
         "--starts", type=int, default=200, help="window starts per channel with --stride 0"
     )
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_shot_long.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "zero_shot_long.json",
+    )
     args = parser.parse_args()
 
     root = args.data_root or default_data_root()

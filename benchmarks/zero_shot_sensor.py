@@ -241,7 +241,9 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/zero_shot_sensor.json")
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "zero_shot_sensor.json",
     )
     args = parser.parse_args()
     windows = args.windows or (1 if args.quick else WINDOWS)

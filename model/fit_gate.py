@@ -1,18 +1,21 @@
 """Fit the combination's learned weights (`network.SkillGate`) with the network frozen.
 
-    moecast fit-gate --checkpoint model/weights/edge --export runs/gate/edge
+    moecast fit-gate --export runs/gate/edge                      # on the pretraining mixture
+    moecast fit-gate --data site.csv --export runs/gate/site      # on one site's own history
 
-1. Draw windows of the pretraining mixture (synthetic families, crops of the real pretraining
-   series, TSMixup, damage), from seeds that pretraining does not use.
+1. Draw windows: of the pretraining mixture (synthetic families, crops of the real pretraining
+   series, TSMixup, damage) from seeds that pretraining does not use, or with `--data` crops of
+   one site's own series (damaged the same way).
 2. Run the frozen network over each once and keep what the combination weighs
    (`MoecastModel.combination_inputs`: every head's in-context error ratios and the forecasts
-   it mixes) with the window's future, normalised. This is the slow part, and the only one
-   that runs the network.
-3. Fit the gate on those: per head, the loss is the log of the mixed median's mean absolute
-   error over the head's steps, so the fit minimises the geometric mean of MASE the sensor
-   benchmark reports (the log makes every window count alike, whatever its scale).
+   it mixes) with the window's future, normalised, and its MASE scale. This is the slow part,
+   and the only one that runs the network (`--cache` keeps it for refits).
+3. Fit the gate on those: per head, the loss is the log of the mixed median's MASE averaged
+   over groups of `--group` windows (`head_losses`), the way the sensor benchmark averages a
+   series' windows before its geometric mean over series.
 4. Check it on windows from another seed against the fixed rule it starts as, and write a
-   checkpoint with `combine_gate` on. The held-out benchmarks see it only after that.
+   checkpoint with `combine_gate` on. The held-out benchmarks see it only after that
+   (`benchmarks/COMBINE.md`: on the mixture it does not transfer; `benchmarks/site_gate.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,14 @@ from moecast.model.checkpoint import (
     save_checkpoint,
 )
 from moecast.model.config import ModelConfig
-from moecast.model.data.corpus import default_data_root, load_pretraining_corpus
+from moecast.model.data.corpus import (
+    CorpusError,
+    Series,
+    default_data_root,
+    load_corpus,
+    load_pretraining_corpus,
+    load_series_file,
+)
 from moecast.model.data.mixture import SyntheticMixture
 from moecast.model.data.windows import WindowSampler
 from moecast.model.network import MoecastModel, SkillGate
@@ -196,6 +207,30 @@ def sampler_for(
     )
 
 
+def site_sampler(config: ModelConfig, series: Sequence[Series], seed: int) -> WindowSampler:
+    """Windows of one site's own series (crops, damaged as in pretraining), no synthetic ones."""
+    sampler = WindowSampler(config.context_length, config.max_horizon, real=series, seed=seed)
+    if not sampler.real:
+        raise ValueError(
+            f"no series has a window's worth of points ({sampler.length}: the context and the "
+            "longest horizon)"
+        )
+    return sampler
+
+
+def load_series(path: Path) -> list[Series]:
+    """Every usable series in a CSV/Parquet file, or in the data files under a folder."""
+    if path.is_file():
+        series = load_series_file(path)
+    elif path.is_dir():
+        series = load_corpus(path, ["."])
+    else:
+        raise CorpusError(f"{path}: no such file or directory")
+    if not series:
+        raise CorpusError(f"{path}: no usable series (see the log for skipped columns)")
+    return series
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("model/weights/edge"))
     parser.add_argument("--export", type=Path, required=True, help="write the checkpoint here")
@@ -208,6 +243,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prior-only", action="store_true", help="fit the powers and priors, not the MLP"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="fit on one site's own series (a CSV/Parquet file or a folder) instead of the "
+        "pretraining mixture",
     )
     parser.add_argument("--real-weight", type=float, default=0.3, help="share of real windows")
     parser.add_argument("--mixup", type=float, default=0.1, help="TSMixup share")
@@ -225,9 +266,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_frozen(args.checkpoint)
     assert model.gate is not None
     cache = args.cache
+    site = load_series(args.data) if args.data else None
 
     def examples(seed: int, windows: int, name: str) -> Examples:
-        sampler = sampler_for(model.config, args.data_root, seed, args.real_weight, args.mixup)
+        if site is not None:
+            sampler = site_sampler(model.config, site, seed)
+        else:
+            sampler = sampler_for(model.config, args.data_root, seed, args.real_weight, args.mixup)
         return cached_examples(model, sampler, windows, cache and cache / f"{name}.pt", name)
 
     fit_set = examples(FIT_SEED, args.windows, "fit")
@@ -238,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         after = head_losses(model.gate, check_set, args.group)
     horizons = model.config.horizons
+    if site is not None:
+        print("check windows are other crops of the same series, not a held-out test")
     print(f"check windows, geometric mean over groups of {args.group} of the mix's mean MASE:")
     for h, b, a in zip(horizons, before.exp().tolist(), after.exp().tolist(), strict=True):
         print(f"  h={h:<3} fixed rule {b:.4f}  gate {a:.4f}  ({100 * (a / b - 1):+.1f} %)")
@@ -247,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "lr": args.lr,
         "group": args.group,
+        "data": str(args.data) if args.data else "pretraining mixture",
         "real_weight": args.real_weight,
         "mixup": args.mixup,
         "prior_only": args.prior_only,

@@ -108,3 +108,54 @@ def test_load_frozen_refuses_a_model_without_the_combination(nano, tmp_path):
     save_checkpoint(nano, tmp_path / "off")
     with pytest.raises(ValueError, match="skill_combine"):
         load_frozen(tmp_path / "off")
+
+
+def write_site(path, rows: int = 600) -> None:
+    """A small site: a daily-ish cycle and a drifting sensor, one reading a minute."""
+    import numpy as np
+    import pandas as pd
+
+    t = np.arange(rows)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=rows, freq="min"),
+            "temperature": 20 + 3 * np.sin(2 * np.pi * t / 48) + 0.1 * rng.normal(size=rows),
+            "pressure": 1000 + 0.02 * t + 0.05 * rng.normal(size=rows),
+        }
+    )
+    frame.to_csv(path, index=False)
+
+
+def test_fit_gate_on_a_sites_history_writes_a_gated_checkpoint(nano, tmp_path, capsys):
+    from moecast.cli import main
+
+    save_checkpoint(gated(nano, gate=False), tmp_path / "plain")
+    write_site(tmp_path / "site.csv")
+    argv = [
+        "fit-gate",
+        "--checkpoint",
+        str(tmp_path / "plain"),
+        "--data",
+        str(tmp_path / "site.csv"),
+    ]
+    argv += ["--windows", "128", "--check-windows", "64", "--steps", "20", "--group", "4"]
+    assert main([*argv, "--export", str(tmp_path / "gated")]) == 0
+    assert "not a held-out test" in capsys.readouterr().out
+    model = load_checkpoint(tmp_path / "gated")
+    assert model.gate is not None
+    assert model.config.combine_gate
+    # Twenty steps moved it off the fixed rule it started as.
+    assert model.gate.out.bias.abs().max() > 0
+    values = torch.randn(2, nano.config.context_length).cumsum(-1)
+    assert all(torch.isfinite(q).all() for q in model.predict(values).values())
+
+
+def test_fit_gate_says_when_a_site_is_too_short(nano, tmp_path):
+    from moecast.model.fit_gate import load_series, site_sampler
+
+    write_site(tmp_path / "short.csv", rows=150)  # nano needs 128 + 64 points
+    with pytest.raises(ValueError, match="window's worth"):
+        site_sampler(nano.config, load_series(tmp_path / "short.csv"), seed=0)
+    with pytest.raises(ValueError, match="no such file"):
+        load_series(tmp_path / "missing.csv")

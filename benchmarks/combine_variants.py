@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     "les-d95-p12": {**LES, "combine_damping": 0.95, "combine_power": 12.0},
     "les-d95-p16": {**LES, "combine_damping": 0.95, "combine_power": 16.0},
     "les-d95-p32": {**LES, "combine_damping": 0.95, "combine_power": 32.0},
+    # Hold decoding judged by the pairs that start at the last value (`hold_by_level`).
+    "les-d95-level": {**LES, "combine_damping": 0.95, "hold_by_level": True},
 }
 
 

@@ -42,6 +42,10 @@ class ModelConfig:
     # the value unchanged k steps later in over half of its pairs, the k-step quantiles whose
     # levels that atom must cover are the last value itself. Decoding only: no weights.
     hold_decoding: bool = True
+    # Judge "held" by the pairs that start at the last value only (`network.hold_probability`):
+    # a context that repeats overall (night-time zeros) but not at its current level is not
+    # held. Decoding only: no weights.
+    hold_by_level: bool = False
     # Skill-weighted combination in `predict` (`network.skill_combine`): every token is a
     # forecast origin, so one pass scores the network, naive and seasonal naive (best of
     # `combine_periods`) on what the context shows happened next, and each head's median is

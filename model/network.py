@@ -279,9 +279,14 @@ def last_observed(z: Tensor, observed: Tensor, patch_len: int) -> Tensor:
     return torch.where(last >= 0, value, 0.0)
 
 
-def hold_probability(values: Tensor, observed: Tensor, horizon: int) -> Tensor:
+def hold_probability(
+    values: Tensor, observed: Tensor, horizon: int, last: Tensor | None = None
+) -> Tensor:
     """`[batch, horizon]`: for each lag k = 1 .. horizon, the share of the context's observed
-    pairs k steps apart whose values are exactly equal (0 where there is no such pair).
+    pairs k steps apart whose values are exactly equal (0 where there is no such pair). With
+    `last` `[batch]` (the last observed value), only pairs that start at that value count: how
+    often the current level itself held for k steps (`hold_by_level`; not shipped: on the
+    sensor benchmark's sample-and-hold series it is 33-51 % worse, `benchmarks/COMBINE.md`).
 
     Sensors that report on change, hold their last reading, or take a few discrete states
     (occupancy, relays, coarse ADC steps) repeat values exactly; continuous ones almost never.
@@ -296,6 +301,10 @@ def hold_probability(values: Tensor, observed: Tensor, horizon: int) -> Tensor:
     inside = later < length
     later = later.clamp_max(length - 1)
     pairs = observed[:, None, :] & observed[:, later] & inside
+    if last is not None:
+        # A radiation sensor's nights repeat zero for hours, so the context as a whole looks
+        # held while a daytime level never repeats: judged by its own level, it is not.
+        pairs = pairs & (values == last[:, None])[:, None, :]
     same = pairs & (values[:, later] == values[:, None, :])
     # Counted in the values' dtype (exact: at most `length`), not the int64 a boolean sum
     # gives: half the bytes at the model's largest moment.
@@ -881,7 +890,8 @@ class MoecastModel(nn.Module):
             observed = ~torch.isnan(values)
             filled = torch.where(observed, values, 0.0)
             last = last_observed(filled, observed, cfg.patch_len)[:, -1]
-            held = hold_probability(values, observed, cfg.max_horizon)
+            by_level = last if cfg.hold_by_level else None
+            held = hold_probability(values, observed, cfg.max_horizon, by_level)
             levels = torch.tensor(cfg.quantiles, dtype=values.dtype, device=values.device)
             forecasts = {h: hold_decode(q, last, held[:, :h], levels) for h, q in forecasts.items()}
         return {h: torch.where(empty, torch.nan, q) for h, q in forecasts.items()}

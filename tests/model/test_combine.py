@@ -377,3 +377,18 @@ def test_narrow_shrinks_the_spread_where_the_mix_beat_the_network(nano):
 @pytest.mark.parametrize("power", [1.0, 4.0])
 def test_the_power_is_a_config_field(nano, power):
     assert combined(nano, combine_power=power).config.combine_power == power
+
+
+def test_hold_by_level_counts_only_pairs_that_start_at_the_last_value():
+    from moecast.model.network import hold_probability
+
+    # Zeros repeat (a radiation sensor's night), the last value 3.0 never has: the context as
+    # a whole looks held, its current level does not.
+    values = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 3.0]])
+    observed = torch.ones_like(values, dtype=torch.bool)
+    overall = hold_probability(values, observed, horizon=1)
+    by_level = hold_probability(values, observed, horizon=1, last=values[:, -1])
+    assert overall[0, 0] == pytest.approx(5 / 7)
+    assert by_level[0, 0] == 0
+    night = torch.zeros(1)
+    assert hold_probability(values, observed, 1, last=night)[0, 0] == pytest.approx(5 / 6)

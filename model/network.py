@@ -286,7 +286,7 @@ def hold_probability(
     pairs k steps apart whose values are exactly equal (0 where there is no such pair). With
     `last` `[batch]` (the last observed value), only pairs that start at that value count: how
     often the current level itself held for k steps (`hold_by_level`; not shipped: on the
-    sensor benchmark's sample-and-hold series it is 33-51 % worse, `benchmarks/COMBINE.md`).
+    sensor benchmark's sample-and-hold series it is 26-51 % worse, `benchmarks/COMBINE.md`).
 
     Sensors that report on change, hold their last reading, or take a few discrete states
     (occupancy, relays, coarse ADC steps) repeat values exactly; continuous ones almost never.

@@ -37,12 +37,10 @@ from moecast.model.checkpoint import (
 )
 from moecast.model.config import ModelConfig
 from moecast.model.data.corpus import (
-    CorpusError,
     Series,
     default_data_root,
-    load_corpus,
     load_pretraining_corpus,
-    load_series_file,
+    load_site_series,
 )
 from moecast.model.data.mixture import SyntheticMixture
 from moecast.model.data.windows import WindowSampler
@@ -218,19 +216,6 @@ def site_sampler(config: ModelConfig, series: Sequence[Series], seed: int) -> Wi
     return sampler
 
 
-def load_series(path: Path) -> list[Series]:
-    """Every usable series in a CSV/Parquet file, or in the data files under a folder."""
-    if path.is_file():
-        series = load_series_file(path)
-    elif path.is_dir():
-        series = load_corpus(path, ["."])
-    else:
-        raise CorpusError(f"{path}: no such file or directory")
-    if not series:
-        raise CorpusError(f"{path}: no usable series (see the log for skipped columns)")
-    return series
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("model/weights/edge"))
     parser.add_argument("--export", type=Path, required=True, help="write the checkpoint here")
@@ -266,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_frozen(args.checkpoint)
     assert model.gate is not None
     cache = args.cache
-    site = load_series(args.data) if args.data else None
+    site = load_site_series(args.data) if args.data else None
 
     def examples(seed: int, windows: int, name: str) -> Examples:
         if site is not None:

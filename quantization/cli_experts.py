@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from moecast.model.checkpoint import load_checkpoint
-from moecast.model.data.corpus import CorpusError
+from moecast.model.data.corpus import CorpusError, load_site_series
 from moecast.quantization.experts_report import (
     format_table,
     plot_usage,
@@ -31,7 +31,7 @@ from moecast.quantization.experts_report import (
 )
 from moecast.quantization.routing import collect_routing
 from moecast.quantization.series_features import series_features
-from moecast.quantization.site_data import context_windows, load_site_series
+from moecast.quantization.site_data import context_windows
 
 DEFAULT_WINDOWS_PER_SERIES = 4
 

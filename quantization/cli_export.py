@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 from moecast.model.checkpoint import checkpoint_metadata, load_checkpoint
-from moecast.model.data.corpus import CorpusError
+from moecast.model.data.corpus import CorpusError, load_site_series
 from moecast.quantization.bundle import DEV_PRIVATE_KEY, build_bundle, load_private_key
 from moecast.quantization.prune import DEFAULT_TOLERANCE, prune_for_site
-from moecast.quantization.site_data import load_site_series
 
 from moecast.bundle.format import BundleError, public_key_fingerprint
 

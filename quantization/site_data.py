@@ -1,6 +1,6 @@
 """A site's series, cut for routing statistics and pruning.
 
-    series = load_site_series("site-data/")            # CSV/Parquet files, as model.data.corpus
+    series = load_site_series("site-data/")            # model.data.corpus: CSV/Parquet files
     windows = context_windows(series, 512)               # [n, 512] float32, NaN = missing
     split = split_site(series, 512, horizon=32)          # calibration and held-out windows
 
@@ -15,29 +15,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from moecast.model.data.corpus import CorpusError, Series, load_corpus, load_series_file
+from moecast.model.data.corpus import Series
 from moecast.model.forecast import SeriesLike, as_batch
 from moecast.model.metrics import geometric_mean, mase
 
 HOLDOUT_FRACTION = 0.25
 EVALUATION_WINDOWS_PER_SERIES = 4
-
-
-def load_site_series(path: str | Path) -> list[Series]:
-    """Every usable series in a CSV/Parquet file, or in the data files under a folder."""
-    path = Path(path)
-    if path.is_file():
-        series = load_series_file(path)
-    elif path.is_dir():
-        series = load_corpus(path, ["."])
-    else:
-        raise CorpusError(f"{path}: no such file or directory")
-    if not series:
-        raise CorpusError(f"{path}: no usable series (see the log for skipped columns)")
-    return series
 
 
 def series_values(series: Sequence[Series] | SeriesLike) -> list[np.ndarray]:

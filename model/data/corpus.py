@@ -166,6 +166,20 @@ def load_corpus(root: Path | str, include: Sequence[str]) -> list[Series]:
     return series
 
 
+def load_site_series(path: str | Path) -> list[Series]:
+    """Every usable series in a CSV/Parquet file, or in the data files under a folder."""
+    path = Path(path)
+    if path.is_file():
+        series = load_series_file(path)
+    elif path.is_dir():
+        series = load_corpus(path, ["."])
+    else:
+        raise CorpusError(f"{path}: no such file or directory")
+    if not series:
+        raise CorpusError(f"{path}: no usable series (see the log for skipped columns)")
+    return series
+
+
 def load_pretraining_corpus(
     data_root: Path | str | None = None, include: Sequence[str] = PRETRAIN_SOURCES
 ) -> list[Series]:

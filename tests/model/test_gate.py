@@ -152,10 +152,11 @@ def test_fit_gate_on_a_sites_history_writes_a_gated_checkpoint(nano, tmp_path, c
 
 
 def test_fit_gate_says_when_a_site_is_too_short(nano, tmp_path):
-    from moecast.model.fit_gate import load_series, site_sampler
+    from moecast.model.data.corpus import load_site_series
+    from moecast.model.fit_gate import site_sampler
 
     write_site(tmp_path / "short.csv", rows=150)  # nano needs 128 + 64 points
     with pytest.raises(ValueError, match="window's worth"):
-        site_sampler(nano.config, load_series(tmp_path / "short.csv"), seed=0)
+        site_sampler(nano.config, load_site_series(tmp_path / "short.csv"), seed=0)
     with pytest.raises(ValueError, match="no such file"):
-        load_series(tmp_path / "missing.csv")
+        load_site_series(tmp_path / "missing.csv")

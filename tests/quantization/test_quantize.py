@@ -38,6 +38,8 @@ def test_router_embedding_and_heads_stay_float(nano_int8):
     nodes = onnx.load(nano_int8).graph.node
     float_matmuls = {n.name for n in nodes if n.op_type == "MatMul"}
     for module, pattern in KEEP_FLOAT.items():
+        if module == "gate":
+            continue  # nano has none: a gated model's (test_combine_export)
         assert any(pattern.search(name) for name in float_matmuls), module
     quantized = [n.name for n in nodes if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert any("experts" in name for name in quantized)

@@ -44,7 +44,10 @@ strictly lower than each baseline's (ties, e.g. both exact on a flat stretch, ar
 their share is printed beside).
 Scores are floored at `SCORE_FLOOR` before logarithms: an exact forecast of a flat stretch
 counts as that floor for every forecaster alike instead of being left out or dominating.
-Lastly the series where the (first) model loses most against the best baseline on that series.
+Then each class split by source dataset (NAB by category): the series count, each model's
+geometric-mean MASE and its ratio to the best baseline there, so a class that is mostly one site
+shows it. Lastly the series where the (first) model loses most against the best baseline on that
+series.
 
 `--bundle DIR` scores a signed ONNX bundle (verified with the development key) through ONNX
 Runtime on one thread, as the agent runs it: raw values with NaN in, its h1/h8/h32/h64 heads out.
@@ -313,6 +316,7 @@ def main() -> int:
                 for h, (b, r) in zip(HORIZONS, per_h, strict=True)
             ]
             print_group(group, int(chosen.sum()), drop, table)
+    by_source = sources_within_classes(scored, names, list(models), args.drops[0], mase_of)
     worst = {
         model: worst_series(scored, model, args.drops[0], mase_of)
         for model in ([] if args.no_baselines else models)
@@ -337,6 +341,7 @@ def main() -> int:
                 "wins": wins,
                 "vs_best_baseline": vs_best,
                 "worst": worst,
+                "sources_within_classes": by_source,
                 "mase_per_series": {f"{n}|{d}|{h}": v for (n, d, h), v in mase_of.items()},
                 "wql_per_series": {f"{n}|{d}|{h}": v for (n, d, h), v in wql_of.items()},
             },
@@ -492,6 +497,56 @@ def print_group(group: str, n_series: int, drop: float, table: dict) -> None:
         print(f"  {model + ' vs ' + baseline:<26}" + "".join(f"{w:>8.0%}" for w, _ in pairs))
         if any(t > 0 for _, t in pairs):
             print(f"  {'  tied':<26}" + "".join(f"{t:>8.0%}" for _, t in pairs))
+
+
+def source_of(series: str) -> str:
+    """The dataset a series comes from (NAB by category): one place, or one kind of place."""
+    parts = series.split(":")[0].split("/")
+    return "/".join(parts[:3]) if parts[0] == "nab" else parts[0]
+
+
+def sources_within_classes(
+    scored: list[dict],
+    names: list[str],
+    model_names: list[str],
+    drop: float,
+    mase_of: dict[tuple, list[float]],
+) -> list[dict]:
+    """Each class split by source (first `--drops`): a class's geometric mean can be one
+    site's (the trending class is mostly one office's humidity and CO2), so every source's
+    series count and geometric-mean MASE per forecaster, and the models' ratio to the best
+    baseline there."""
+    print(f"\n== sources within each class, {drop:.0%} of readings dropped ==")
+    sources = np.array([source_of(row["series"]) for row in scored])
+    kinds = np.array([row["class"] for row in scored])
+    baselines = [n for n in names if n not in model_names]
+    out = []
+    for kind in CLASSES:
+        for source in sorted(set(sources[kinds == kind])):
+            chosen = (kinds == kind) & (sources == source)
+            gmean = {
+                n: [
+                    geometric_mean(np.array(mase_of[n, drop, h])[chosen], SCORE_FLOOR)
+                    for h in HORIZONS
+                ]
+                for n in names
+            }
+            entry = {"class": kind, "source": source, "series": int(chosen.sum()), "mase": gmean}
+            text = "  ".join(f"{n} " + "/".join(f"{v:.3f}" for v in gmean[n]) for n in model_names)
+            if baselines:
+                best = [min(gmean[b][i] for b in baselines) for i in range(len(HORIZONS))]
+                entry["vs_best"] = {
+                    m: [gmean[m][i] / best[i] for i in range(len(HORIZONS))] for m in model_names
+                }
+                first = model_names[0]
+                text += (
+                    f"  ({first} / best: "
+                    + "/".join(f"{r:.2f}" for r in entry["vs_best"][first])
+                    + ")"
+                )
+            print(f"  {kind:<9} {source:<28} {int(chosen.sum()):>3}  {text}")
+            out.append(entry)
+    return out
 
 
 def worst_series(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,8 @@ def site_sampler(config: ModelConfig, series: Sequence[Series], seed: int) -> Wi
     sampler = WindowSampler(config.context_length, config.max_horizon, real=series, seed=seed)
     if not sampler.real:
         raise ValueError(
-            f"no series has a window's worth of points ({sampler.length}: the context and the "
-            "longest horizon)"
+            f"no series has a window's worth of points: fitting needs series of at least "
+            f"{sampler.length} readings (the context and the longest horizon)"
         )
     return sampler
 
@@ -245,9 +246,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as err:  # bad data or checkpoint: say so, no trace
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if not (args.checkpoint / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{args.checkpoint} is not a moecast checkpoint")
     model = load_frozen(args.checkpoint)
     assert model.gate is not None
     cache = args.cache

@@ -160,3 +160,16 @@ def test_fit_gate_says_when_a_site_is_too_short(nano, tmp_path):
         site_sampler(nano.config, load_site_series(tmp_path / "short.csv"), seed=0)
     with pytest.raises(ValueError, match="no such file"):
         load_site_series(tmp_path / "missing.csv")
+
+
+def test_fit_gate_command_reports_bad_input_without_a_traceback(nano, tmp_path, capsys):
+    from moecast.cli import main
+
+    save_checkpoint(gated(nano, gate=False), tmp_path / "plain")
+    write_site(tmp_path / "short.csv", rows=150)
+    argv = ["fit-gate", "--checkpoint", str(tmp_path / "plain"), "--export", str(tmp_path / "g")]
+    assert main([*argv, "--data", str(tmp_path / "short.csv")]) == 2
+    assert "at least 192 readings" in capsys.readouterr().err
+    assert main([*argv[:1], "--checkpoint", str(tmp_path), *argv[3:]]) == 2
+    assert "not a moecast checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()

@@ -116,12 +116,18 @@ def draw_examples(
 
 
 def cached_examples(
-    model: MoecastModel, sampler: WindowSampler, windows: int, cache: Path | None, desc: str
+    model: MoecastModel,
+    sampler: WindowSampler,
+    windows: int,
+    cache: Path | None,
+    desc: str,
+    source: str = "",
 ) -> Examples:
     """`draw_examples`, kept in `cache` (a file) when given: the network's pass is the slow
-    part, and a refit with other settings need not repeat it. The cache is keyed by the
-    sampler's seed and mixture."""
-    key = [sampler.seed, sampler.real_weight, sampler.mixup_probability]
+    part, and a refit with other settings need not repeat it. The cache is keyed by `source`
+    (what the windows and the network come from) and the sampler's seed and mixture; a
+    mismatch draws again and overwrites it."""
+    key = [source, sampler.seed, sampler.real_weight, sampler.mixup_probability]
     if cache is not None and cache.is_file():
         saved = torch.load(cache)
         if saved["key"] == key and len(saved["ratios"]) >= windows:
@@ -263,13 +269,16 @@ def _run(args: argparse.Namespace) -> int:
     assert model.gate is not None
     cache = args.cache
     site = load_site_series(args.data) if args.data else None
+    weights = (args.checkpoint / WEIGHTS_FILE).stat()
+    source = f"{args.checkpoint.resolve()}@{weights.st_mtime_ns}:{args.data or 'mixture'}"
 
     def examples(seed: int, windows: int, name: str) -> Examples:
         if site is not None:
             sampler = site_sampler(model.config, site, seed)
         else:
             sampler = sampler_for(model.config, args.data_root, seed, args.real_weight, args.mixup)
-        return cached_examples(model, sampler, windows, cache and cache / f"{name}.pt", name)
+        path = cache and cache / f"{name}.pt"
+        return cached_examples(model, sampler, windows, path, name, source)
 
     fit_set = examples(FIT_SEED, args.windows, "fit")
     check_set = examples(CHECK_SEED, args.check_windows, "check")

@@ -173,3 +173,25 @@ def test_fit_gate_command_reports_bad_input_without_a_traceback(nano, tmp_path, 
     assert main([*argv[:1], "--checkpoint", str(tmp_path), *argv[3:]]) == 2
     assert "not a moecast checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_the_cache_is_reused_for_the_same_source_and_redrawn_for_another(nano, tmp_path):
+    from moecast.model.data.corpus import load_site_series
+    from moecast.model.fit_gate import cached_examples, site_sampler
+
+    model = load_frozen_from(nano, tmp_path)
+    write_site(tmp_path / "a.csv")
+    sampler = site_sampler(model.config, load_site_series(tmp_path / "a.csv"), seed=1)
+    cache = tmp_path / "cache" / "fit.pt"
+    first = cached_examples(model, sampler, 64, cache, "fit", source="a")
+    stamp = cache.stat().st_mtime_ns
+    again = cached_examples(model, sampler, 32, cache, "fit", source="a")
+    assert cache.stat().st_mtime_ns == stamp  # read, not drawn again
+    torch.testing.assert_close(again.ratios, first.ratios[:32])
+    cached_examples(model, sampler, 32, cache, "fit", source="b")
+    assert cache.stat().st_mtime_ns != stamp
+
+
+def load_frozen_from(nano: MoecastModel, tmp_path) -> MoecastModel:
+    save_checkpoint(gated(nano, gate=False), tmp_path / "plain")
+    return load_frozen(tmp_path / "plain")

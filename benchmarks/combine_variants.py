@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict] = {
     "les-d95-p32": {**LES, "combine_damping": 0.95, "combine_power": 32.0},
     # Hold decoding judged by the pairs that start at the last value (`hold_by_level`).
     "les-d95-level": {**LES, "combine_damping": 0.95, "hold_by_level": True},
+    # Smoothing damped 0.95 and undamped side by side; the context picks (`combine_damping`).
+    "les-d95-d100": {**LES, "combine_damping": (0.95, 1.0)},
 }
 
 

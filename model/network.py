@@ -405,7 +405,7 @@ def classical_candidates(
     drifts: Sequence[int] = (),
     shifted: bool = False,
     smoothing: Sequence[float] = (),
-    damping: float = 1.0,
+    damping: float | Sequence[float] = 1.0,
 ) -> Candidates:
     """Naive, seasonal naive (with `shifted`, also level-shifted), drift and linear exponential
     smoothing forecasts of `horizon` steps from the end of every token that can be scored,
@@ -471,6 +471,7 @@ def classical_candidates(
         )
         forecasts.append(smoothed)
         defined.append(known)
+    dampings = 1 if isinstance(damping, float | int) else len(damping)
     return Candidates(
         torch.cat(forecasts, 1),
         torch.cat(defined, 1),
@@ -479,7 +480,7 @@ def classical_candidates(
         first,
         len(periods),
         shifted,
-        len(smoothing),
+        len(smoothing) * dampings,
     )
 
 
@@ -493,11 +494,12 @@ def linear_smoothing(
     patch_len: int,
     first: int,
     step: Tensor,
-    damping: float = 1.0,
+    damping: float | Sequence[float] = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Brown's linear exponential smoothing from the end of every token from `first` on, one
-    per smoothing constant: `[batch, alphas, origins, horizon]` forecasts and whether each is
-    defined.
+    per smoothing constant (and per damping, when `damping` lists several: all the alphas for
+    the first, then for the next): `[batch, alphas, origins, horizon]` forecasts and whether
+    each is defined.
 
     With s1 the exponentially weighted mean of the observed values and s2 that of s1, the
     level is 2 s1 - s2 and the trend alpha / (1 - alpha) (s1 - s2) per step (k steps ahead,
@@ -533,10 +535,17 @@ def linear_smoothing(
     s1, s2 = s1[..., first:], s2[..., first:]  # [batch, alphas, origins]
     gain = torch.tensor([a / (1 - a) for a in alphas], device=z.device, dtype=z.dtype)
     trend = gain[:, None] * (s1 - s2)
-    if damping < 1:
-        step = torch.pow(damping, step).cumsum(-1)
-    forecasts = (2 * s1 - s2)[..., None] + trend[..., None] * step
-    return forecasts, known[..., first:, None].expand_as(forecasts)
+    level = (2 * s1 - s2)[..., None]
+    dampings = [damping] if isinstance(damping, float | int) else list(damping)
+    forecasts = torch.cat(
+        [
+            level + trend[..., None] * (torch.pow(d, step).cumsum(-1) if d < 1 else step)
+            for d in dampings
+        ],
+        1,
+    )
+    known = known[..., first:, None].expand_as(level.expand(-1, -1, -1, step.shape[-1]))
+    return forecasts, known.repeat(1, len(dampings), 1, 1)
 
 
 def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor, Tensor]:

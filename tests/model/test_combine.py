@@ -392,3 +392,20 @@ def test_hold_by_level_counts_only_pairs_that_start_at_the_last_value():
     assert by_level[0, 0] == 0
     night = torch.zeros(1)
     assert hold_probability(values, observed, 1, last=night)[0, 0] == pytest.approx(5 / 6)
+
+
+def test_several_dampings_give_each_alpha_once_per_damping_in_one_family():
+    g = torch.Generator().manual_seed(2)
+    z = (0.1 * torch.arange(96.0) + 0.3 * torch.randn(96, generator=g))[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    step = torch.arange(1.0, 9.0)
+    both, known = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, damping=(0.9, 1.0))
+    damped, _ = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, damping=0.9)
+    plain, _ = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step)
+    assert both.shape == known.shape == (1, 4, 8, 8)
+    torch.testing.assert_close(both, torch.cat([damped, plain], 1))
+    last = last_observed(z, observed, 8)
+    c = classical_candidates(
+        z, observed, last, 8, (8,), 32, 8, smoothing=(0.1, 0.3), damping=(0.9, 1.0)
+    )
+    assert c.families() == [(1, 2, True), (2, 6, False)]  # one family of four members

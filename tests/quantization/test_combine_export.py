@@ -27,7 +27,7 @@ def combining(nano):
         combine_shifted=True,
         combine_guard=2.0,
         combine_smoothing=(0.05, 0.2),
-        combine_damping=0.95,
+        combine_damping=(0.95, 1.0),  # both: one smoothing family of four members
     )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())

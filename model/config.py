@@ -69,9 +69,9 @@ class ModelConfig:
     # AutoETS finds on slowly drifting sensors (the best one joins the mix); none by default.
     combine_smoothing: tuple[float, ...] = ()
     # Their trend damped per step (AutoETS' damped trend): k steps ahead add
-    # damping + damping ** 2 + ... + damping ** k trends; 1: undamped.
-    # Several dampings: each alpha with each, the best in the context joins the mix.
-    combine_damping: float | tuple[float, ...] = 1.0
+    # d + d ** 2 + ... + d ** k trends for a damping d; 1: undamped. Each alpha comes with each
+    # damping listed, the best in the context joins the mix. A single number is read as one.
+    combine_damping: tuple[float, ...] = (1.0,)
     combine_power: float = 4.0
     # Learned weights instead (`network.SkillGate`, fitted by `moecast fit-gate` with the
     # network frozen): per head and candidate family, from every head's error ratios. These
@@ -91,9 +91,9 @@ class ModelConfig:
         object.__setattr__(self, "combine_periods", tuple(int(p) for p in self.combine_periods))
         object.__setattr__(self, "combine_drifts", tuple(int(w) for w in self.combine_drifts))
         smoothing = tuple(float(a) for a in self.combine_smoothing)
-        if isinstance(self.combine_damping, list | tuple):
-            dampings = tuple(float(d) for d in self.combine_damping)
-            object.__setattr__(self, "combine_damping", dampings)
+        damping = self.combine_damping
+        damping = tuple(map(float, damping)) if isinstance(damping, list | tuple) else (damping,)
+        object.__setattr__(self, "combine_damping", damping)
         object.__setattr__(self, "combine_smoothing", smoothing)
         problems = list(self._problems())
         if problems:
@@ -128,8 +128,7 @@ class ModelConfig:
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):
             yield f"combine_smoothing must lie in (0, 1), got {self.combine_smoothing}"
-        damping = self.combine_damping
-        if not all(0.0 < d <= 1.0 for d in (damping if isinstance(damping, tuple) else [damping])):
+        if not self.combine_damping or not all(0.0 < d <= 1.0 for d in self.combine_damping):
             yield f"combine_damping must lie in (0, 1], got {self.combine_damping}"
         if self.combine_power < 0:
             yield f"combine_power must be >= 0, got {self.combine_power}"

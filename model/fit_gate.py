@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -30,10 +29,9 @@ from pathlib import Path
 
 import torch
 from moecast.model.checkpoint import (
-    CONFIG_FILE,
-    KEPT_EXPERTS_KEY,
     WEIGHTS_FILE,
     checkpoint_metadata,
+    load_checkpoint,
     save_checkpoint,
 )
 from moecast.model.config import ModelConfig
@@ -46,7 +44,6 @@ from moecast.model.data.corpus import (
 from moecast.model.data.mixture import SyntheticMixture
 from moecast.model.data.windows import WindowSampler
 from moecast.model.network import MoecastModel, SkillGate
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -75,17 +72,15 @@ class Examples:
 def load_frozen(checkpoint: Path) -> MoecastModel:
     """The checkpoint's network with a fresh gate (the fixed rule) on top; only the gate
     trains. A checkpoint that already has a gate starts from it."""
-    document = json.loads((checkpoint / CONFIG_FILE).read_text())
-    config = ModelConfig.from_json(json.dumps(document["config"]))
-    if not config.skill_combine:
+    model = load_checkpoint(checkpoint)
+    if not model.config.skill_combine:
         raise ValueError(f"{checkpoint}: the combination is off (skill_combine), nothing to fit")
-    model = MoecastModel(config.replace(combine_gate=True))
-    missing, unexpected = model.load_state_dict(load_file(checkpoint / WEIGHTS_FILE), strict=False)
-    if unexpected or any(not k.startswith("gate.") for k in missing):
-        raise ValueError(f"{checkpoint}: weights do not match its config ({missing + unexpected})")
-    if KEPT_EXPERTS_KEY in document:
-        model.prune_experts(document[KEPT_EXPERTS_KEY])
-    model.eval()
+    if model.gate is None:
+        network = model
+        model = MoecastModel(network.config.replace(combine_gate=True)).eval()
+        model.load_state_dict(network.state_dict(), strict=False)  # all but the new gate
+        if network.is_pruned:
+            model.prune_experts(network.kept_experts)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("gate."))
     return model
@@ -130,14 +125,12 @@ def cached_examples(
     key = [source, sampler.seed, sampler.real_weight, sampler.mixup_probability]
     if cache is not None and cache.is_file():
         saved = torch.load(cache)
-        if saved["key"] == key and len(saved["ratios"]) >= windows:
-            examples = Examples(saved["ratios"], saved["mixes"], saved["future"], saved["scale"])
-            return examples.take(torch.arange(windows))
+        if saved.pop("key") == key and len(saved["ratios"]) >= windows:
+            return Examples(**saved).take(torch.arange(windows))
     examples = draw_examples(model, sampler, windows, 64, desc)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        state = {"key": key, "ratios": examples.ratios, "mixes": examples.mixes}
-        torch.save({**state, "future": examples.future, "scale": examples.scale}, cache)
+        torch.save({"key": key, **vars(examples)}, cache)
     return examples
 
 
@@ -263,8 +256,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if not (args.checkpoint / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{args.checkpoint} is not a moecast checkpoint")
     model = load_frozen(args.checkpoint)
     assert model.gate is not None
     cache = args.cache

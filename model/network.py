@@ -405,7 +405,7 @@ def classical_candidates(
     drifts: Sequence[int] = (),
     shifted: bool = False,
     smoothing: Sequence[float] = (),
-    damping: float | Sequence[float] = 1.0,
+    dampings: Sequence[float] = (1.0,),
 ) -> Candidates:
     """Naive, seasonal naive (with `shifted`, also level-shifted), drift and linear exponential
     smoothing forecasts of `horizon` steps from the end of every token that can be scored,
@@ -467,11 +467,10 @@ def classical_candidates(
         defined.append(start_found[..., None].expand(-1, -1, -1, horizon))
     if smoothing:
         smoothed, known = linear_smoothing(
-            z, observed, smoothing, patch_len, first, step.to(z.dtype), damping
+            z, observed, smoothing, patch_len, first, step.to(z.dtype), dampings
         )
         forecasts.append(smoothed)
         defined.append(known)
-    dampings = 1 if isinstance(damping, float | int) else len(damping)
     return Candidates(
         torch.cat(forecasts, 1),
         torch.cat(defined, 1),
@@ -480,7 +479,7 @@ def classical_candidates(
         first,
         len(periods),
         shifted,
-        len(smoothing) * dampings,
+        len(smoothing) * len(dampings),
     )
 
 
@@ -494,16 +493,16 @@ def linear_smoothing(
     patch_len: int,
     first: int,
     step: Tensor,
-    damping: float | Sequence[float] = 1.0,
+    dampings: Sequence[float] = (1.0,),
 ) -> tuple[Tensor, Tensor]:
     """Brown's linear exponential smoothing from the end of every token from `first` on, one
-    per smoothing constant (and per damping, when `damping` lists several: all the alphas for
-    the first, then for the next): `[batch, alphas, origins, horizon]` forecasts and whether
-    each is defined.
+    per smoothing constant and damping (all the alphas with the first damping, then with the
+    next): `[batch, alphas * dampings, origins, horizon]` forecasts and whether each is
+    defined.
 
     With s1 the exponentially weighted mean of the observed values and s2 that of s1, the
     level is 2 s1 - s2 and the trend alpha / (1 - alpha) (s1 - s2) per step (k steps ahead,
-    `damping` + ... + `damping` ** k of them): undamped, exact on a straight line; a level
+    d + ... + d ** k of them for a damping d): undamped, exact on a straight line; a level
     that follows slow drift with the noise averaged out. The means are over the observed
     points only (weights renormalised over them, so a gap or the start of the context is no
     bias), cut where the weights fall below `SMOOTHING_TAIL`: causal convolutions (no
@@ -536,7 +535,6 @@ def linear_smoothing(
     gain = torch.tensor([a / (1 - a) for a in alphas], device=z.device, dtype=z.dtype)
     trend = gain[:, None] * (s1 - s2)
     level = (2 * s1 - s2)[..., None]
-    dampings = [damping] if isinstance(damping, float | int) else list(damping)
     forecasts = torch.cat(
         [
             level + trend[..., None] * (torch.pow(d, step).cumsum(-1) if d < 1 else step)
@@ -544,8 +542,7 @@ def linear_smoothing(
         ],
         1,
     )
-    known = known[..., first:, None].expand_as(level.expand(-1, -1, -1, step.shape[-1]))
-    return forecasts, known.repeat(1, len(dampings), 1, 1)
+    return forecasts, known[..., first:, None].repeat(1, len(dampings), 1, step.shape[-1])
 
 
 def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor, Tensor]:
@@ -560,18 +557,6 @@ def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor
     head = filled.new_zeros(filled.shape[0], patch_len - 1)
     total, count = torch.cat([head, total], 1), torch.cat([head, count], 1)
     return total / count.clamp_min(1.0), count > 0
-
-
-def skill_weights(
-    c: Candidates,
-    medians: Sequence[Tensor],
-    power: float,
-    min_pairs: Sequence[int],
-    guard: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """`skill_ratios`' ratios and best members, with the weights `power_weights` gives them."""
-    ratios, best = skill_ratios(c, medians, min_pairs, guard)
-    return power_weights(ratios, power), ratios, best
 
 
 def power_weights(ratios: Tensor, power: float) -> Tensor:
@@ -733,7 +718,6 @@ class SkillGate(nn.Module):
 
     def __init__(self, heads: int, slots: int, power: float, hidden: int = 32) -> None:
         super().__init__()
-        self.heads, self.slots = heads, slots
         self.log_power = nn.Parameter(torch.full((heads, 1), math.log(max(power, 1e-3))))
         self.hidden = nn.Linear(2 * heads * slots, hidden)
         self.out = nn.Linear(hidden, heads * slots)

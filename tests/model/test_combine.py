@@ -14,10 +14,17 @@ from moecast.model.network import (
     fill_forward,
     last_observed,
     linear_smoothing,
-    skill_weights,
+    power_weights,
+    skill_ratios,
 )
 
 NAN = float("nan")
+
+
+def skill_weights(c: Candidates, medians, power: float, min_pairs):
+    """The fixed rule's weights with the ratios and best members they come from."""
+    ratios, best = skill_ratios(c, medians, min_pairs)
+    return power_weights(ratios, power), ratios, best
 
 
 def combined(nano: MoecastModel, **overrides) -> MoecastModel:
@@ -182,7 +189,7 @@ def test_linear_smoothing_is_exact_on_a_straight_line(alpha):
     want = 3 + 0.5 * (ends[:, None] + step)
     torch.testing.assert_close(forecasts[0, 0], want, atol=0.02, rtol=0)
     # Damped, k steps ahead add 0.9 + 0.81 + ... + 0.9 ** k slopes to the last value.
-    damped, _ = linear_smoothing(z, observed, (alpha,), 16, 4, step, damping=0.9)
+    damped, _ = linear_smoothing(z, observed, (alpha,), 16, 4, step, dampings=(0.9,))
     slopes = torch.cumsum(0.9**step, 0)
     want = 3 + 0.5 * (ends[:, None] + slopes)
     torch.testing.assert_close(damped[0, 0], want, atol=0.02, rtol=0)
@@ -399,13 +406,13 @@ def test_several_dampings_give_each_alpha_once_per_damping_in_one_family():
     z = (0.1 * torch.arange(96.0) + 0.3 * torch.randn(96, generator=g))[None]
     observed = torch.ones_like(z, dtype=torch.bool)
     step = torch.arange(1.0, 9.0)
-    both, known = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, damping=(0.9, 1.0))
-    damped, _ = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, damping=0.9)
+    both, known = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, dampings=(0.9, 1.0))
+    damped, _ = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step, dampings=(0.9,))
     plain, _ = linear_smoothing(z, observed, (0.1, 0.3), 8, 4, step)
     assert both.shape == known.shape == (1, 4, 8, 8)
     torch.testing.assert_close(both, torch.cat([damped, plain], 1))
     last = last_observed(z, observed, 8)
     c = classical_candidates(
-        z, observed, last, 8, (8,), 32, 8, smoothing=(0.1, 0.3), damping=(0.9, 1.0)
+        z, observed, last, 8, (8,), 32, 8, smoothing=(0.1, 0.3), dampings=(0.9, 1.0)
     )
     assert c.families() == [(1, 2, True), (2, 6, False)]  # one family of four members

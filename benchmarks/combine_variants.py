@@ -18,7 +18,8 @@ from moecast.model.checkpoint import load_checkpoint
 from moecast.model.cli_forecast import SHIPPED_WEIGHTS
 from moecast.model.forecast import Forecaster
 
-P4 = {"skill_combine": True, "combine_power": 4.0}
+# Every variant sets what it uses; the seasonal mean (bundle v7's) is off unless named.
+P4 = {"skill_combine": True, "combine_power": 4.0, "combine_cycles": 0}
 DRIFT = {**P4, "combine_drifts": (32, 128)}
 SHIFT = {**DRIFT, "combine_shifted": True}  # bundle v2's decoding
 LES = {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)}  # with damping 0.95: v3's, shipped
@@ -52,6 +53,12 @@ VARIANTS: dict[str, dict] = {
     "les-d95-level": {**LES, "combine_damping": 0.95, "hold_by_level": True},
     # Smoothing damped 0.95 and undamped side by side; the context picks (`combine_damping`).
     "les-d95-d100": {**LES, "combine_damping": (0.95, 1.0)},
+    # Also the mean of the same phase over up to this many cycles (`combine_cycles`); 32:
+    # bundle v7's, shipped.
+    **{
+        f"les-d95-d100-c{k}": {**LES, "combine_damping": (0.95, 1.0), "combine_cycles": k}
+        for k in (3, 5, 8, 16, 32)
+    },
 }
 
 

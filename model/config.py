@@ -60,6 +60,10 @@ class ModelConfig:
     # joins the mix): after a level shift plain seasonal naive repeats the old level for a
     # whole period, and one that scored well before the shift would hold the mix down.
     combine_shifted: bool = False
+    # Also the mean of the same phase over the last this many cycles (statsforecast's
+    # SeasonalWindowAverage; the best period joins the mix): seasonal naive with one cycle's
+    # noise averaged out, for the long horizons of noisy daily cycles. 0 or 1: none.
+    combine_cycles: int = 0
     # With shifted candidates: plain seasonal naive gets no weight where, at the last origin,
     # the level has moved by more than this many times its mean error in the context
     # (`network.level_moved`); 0: never.
@@ -124,6 +128,8 @@ class ModelConfig:
             yield f"horizons must be strictly increasing and include 1, got {self.horizons}"
         if any(p < 1 for p in self.combine_periods):
             yield f"combine_periods must be positive, got {self.combine_periods}"
+        if self.combine_cycles < 0:
+            yield f"combine_cycles must be >= 0, got {self.combine_cycles}"
         if any(w < 1 for w in self.combine_drifts):
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):
@@ -149,8 +155,13 @@ class ModelConfig:
     @property
     def combine_slots(self) -> int:
         """Forecasts the combination mixes: the network, naive, seasonal naive, then the
-        shifted seasonal, drift and smoothing families where configured."""
-        families = (self.combine_shifted, bool(self.combine_drifts), bool(self.combine_smoothing))
+        shifted seasonal, seasonal mean, drift and smoothing families where configured."""
+        families = (
+            self.combine_shifted,
+            self.combine_cycles > 1,
+            bool(self.combine_drifts),
+            bool(self.combine_smoothing),
+        )
         return 3 + sum(families)
 
     @property

@@ -60,7 +60,10 @@ _T = TypeVar("_T")
 # 3 rather than 4 since bundle v5, for the agent's memory goal (150 MB with 1000 streams):
 # `benchmarks/agent_throughput.py --quick` peaked at 146.7-147.4 MB against 149.0-150.4, for
 # about 10 % more model time a tick (4.90-5.10 s against 4.13-4.89 s for 1000 streams).
-MAX_BATCH = 3
+# 2 since bundle v7, whose seasonal-mean candidates take ONNX Runtime's arena up by 2.8 MB in
+# runs of 3 (`benchmarks/agent_memory.py`): a quick run peaked at 152 MB in runs of 3 and
+# 147 MB in runs of 2, for 19 % more model time (5.40 s against 4.54 s for 1000 streams).
+MAX_BATCH = 2
 # Rows gridded, run, sorted, calibrated, encoded and published together: a few numpy calls
 # per block, not per model run, while a block's arrays (float64 quantiles, payloads) stay
 # small. `python benchmarks/agent_memory.py`: ticks of 1000 streams peaked at 147-148 MB in

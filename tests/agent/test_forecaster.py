@@ -127,7 +127,8 @@ def test_many_streams_share_model_runs(
     link, metrics = tick(Forecaster(bundle, settings), registry)
 
     full, rest = divmod(50, forecaster.MAX_BATCH)
-    assert [batch.shape for batch in runs] == [(forecaster.MAX_BATCH, 128)] * full + [(rest, 128)]
+    last = [(rest, 128)] if rest else []
+    assert [batch.shape for batch in runs] == [(forecaster.MAX_BATCH, 128)] * full + last
     forecasts = link.on("forecasts/")
     assert sorted(m["topic"] for m in forecasts) == sorted(
         f"forecasts/dev{i}/temp" for i in range(50)

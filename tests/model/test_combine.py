@@ -416,3 +416,47 @@ def test_several_dampings_give_each_alpha_once_per_damping_in_one_family():
         z, observed, last, 8, (8,), 32, 8, smoothing=(0.1, 0.3), dampings=(0.9, 1.0)
     )
     assert c.families() == [(1, 2, True), (2, 6, False)]  # one family of four members
+
+
+def test_the_seasonal_mean_averages_the_same_phase_over_cycles():
+    # Period 4; the last token (points 12-15) ends at point 15. Step 1's repeated point is
+    # 12, then 8 and 4 cycles back; step 5's is 12 (a full period back from its target 20).
+    z = torch.arange(16.0)[None] ** 2
+    observed = torch.ones_like(z, dtype=torch.bool)
+    observed[0, 8] = False  # filled forward from point 7, as seasonal naive's are
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, (4,), 4, 5, cycles=3)
+    mean = c.forecasts[0, 2, -1]  # [horizon]: after naive and seasonal naive
+    assert mean[0] == (12.0**2 + 7.0**2 + 4.0**2) / 3
+    assert mean[1] == (13.0**2 + 9.0**2 + 5.0**2) / 3
+    assert mean[4] == mean[0]  # step 5 repeats step 1's phase
+    # Token 1 ends at point 7: two cycles lie behind step 1 (points 4 and 0) and step 4
+    # (points 7 and 3), not three; a mean of what there is.
+    assert c.forecasts[0, 2, 1, 0] == (4.0**2 + 0.0**2) / 2
+    assert c.forecasts[0, 2, 1, 3] == (7.0**2 + 3.0**2) / 2
+    # Undefined only where no cycle has a reading: token 0's step 1 reaches point 0 alone.
+    observed[0, 0] = False
+    c = classical_candidates(z, observed, last, 4, (4,), 4, 5, cycles=3)
+    assert not c.defined[0, 2, 0, 0]
+    assert c.defined[0, 2, 1:].all()
+
+
+def test_the_seasonal_mean_is_a_family_from_two_steps_on_and_beats_one_noisy_cycle():
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(512.0)
+    clean = 3 * torch.sin(2 * math.pi * t / 24)
+    z = (clean + 0.5 * torch.randn(512, generator=g))[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    last = last_observed(z, observed, 8)
+    c = classical_candidates(
+        z, observed, last, 8, (12, 24), 128, 32, shifted=True, drifts=(32,), cycles=5
+    )
+    assert c.forecasts.shape[1] == 1 + 2 + 2 + 2 + 1
+    assert c.families() == [(1, 3, True), (3, 5, False), (5, 7, False), (7, 8, False)]
+    truth = 3 * torch.sin(2 * math.pi * (512 + torch.arange(32.0)) / 24)
+    seasonal, mean = c.forecasts[0, 2, -1], c.forecasts[0, 6, -1]  # period 24 of each
+    # Five cycles' noise averaged: about sqrt(5) times less error than one cycle's.
+    assert (mean - truth).abs().mean() < (seasonal - truth).abs().mean() / 1.5
+    # Off (0 or 1 cycle), there is no such family.
+    plain = classical_candidates(z, observed, last, 8, (12, 24), 128, 32, cycles=1)
+    assert plain.families() == [(1, 3, True)]

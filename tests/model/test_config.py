@@ -45,6 +45,8 @@ def test_config_json_round_trip():
         ({"quantiles": (0.0, 0.5)}, "quantiles"),
         ({"horizons": (8, 32)}, "include 1"),
         ({"n_heads": 5}, "n_heads"),
+        ({"combine_cycles": -1}, "combine_cycles"),
+        ({"combine_damping": (0.95, 1.5)}, "combine_damping"),
     ],
 )
 def test_invalid_configs_are_rejected_with_the_reason(changes, message):

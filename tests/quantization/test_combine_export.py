@@ -1,7 +1,7 @@
-"""The skill-weighted combination (`network.skill_combine`, with drift, shifted seasonal and
-smoothing candidates and the guard) exports: ONNX Runtime computes what PyTorch does, at any
-batch size, with gaps, short histories, seasonal rows (some with a level step) and trending
-rows."""
+"""The skill-weighted combination (`network.skill_combine`, with drift, shifted seasonal,
+seasonal mean and smoothing candidates and the guard) exports: ONNX Runtime computes what
+PyTorch does, at any batch size, with gaps, short histories, seasonal rows (some with a level
+step) and trending rows."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def combining(nano):
         combine_guard=2.0,
         combine_smoothing=(0.05, 0.2),
         combine_damping=(0.95, 1.0),  # both: one smoothing family of four members
+        combine_cycles=3,
     )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())

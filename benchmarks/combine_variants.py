@@ -59,6 +59,16 @@ VARIANTS: dict[str, dict] = {
         f"les-d95-d100-c{k}": {**LES, "combine_damping": (0.95, 1.0), "combine_cycles": k}
         for k in (3, 5, 8, 16, 32)
     },
+    # The seasonal means dropped where the level has just moved (`combine_cycles_guard`).
+    **{
+        f"les-d95-d100-c32-g{g}": {
+            **LES,
+            "combine_damping": (0.95, 1.0),
+            "combine_cycles": 32,
+            "combine_cycles_guard": float(g),
+        }
+        for g in (2, 3)
+    },
 }
 
 

@@ -64,6 +64,10 @@ class ModelConfig:
     # SeasonalWindowAverage; the best period joins the mix): seasonal naive with one cycle's
     # noise averaged out, for the long horizons of noisy daily cycles. 0 or 1: none.
     combine_cycles: int = 0
+    # With shifted candidates: the seasonal means get no weight where, at the last origin, the
+    # level has moved by more than this many times plain seasonal naive's mean error in the
+    # context (`network.level_moved`; they average the cycles before the move); 0: never.
+    combine_cycles_guard: float = 0.0
     # With shifted candidates: plain seasonal naive gets no weight where, at the last origin,
     # the level has moved by more than this many times its mean error in the context
     # (`network.level_moved`); 0: never.
@@ -130,6 +134,8 @@ class ModelConfig:
             yield f"combine_periods must be positive, got {self.combine_periods}"
         if self.combine_cycles < 0:
             yield f"combine_cycles must be >= 0, got {self.combine_cycles}"
+        if self.combine_cycles_guard < 0:
+            yield f"combine_cycles_guard must be >= 0, got {self.combine_cycles_guard}"
         if any(w < 1 for w in self.combine_drifts):
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
         if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):

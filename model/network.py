@@ -604,6 +604,7 @@ def skill_ratios(
     medians: Sequence[Tensor],
     min_pairs: Sequence[int],
     guard: float = 0.0,
+    mean_guard: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """For each head (its network medians `[batch, origins, h]` from the same origins as `c`):
     the error ratios to the network `[batch, heads, mix]` of the network (1), naive and the best
@@ -615,7 +616,8 @@ def skill_ratios(
     those where both are defined and the context observed the target: its error ratio r is
     its absolute error summed over them over the network's. A candidate with under
     `min_pairs` (of its head) pairs gets inf. With `guard` and shifted candidates, so does
-    plain seasonal naive where the level has moved since the cycle it repeats (`level_moved`).
+    plain seasonal naive where the level has moved since the cycle it repeats (`level_moved`),
+    and with `mean_guard` the seasonal means.
     """
     pairs = c.defined & c.scored[:, None]  # [batch, classical, origins, horizon]
     error = torch.where(pairs, (c.forecasts - c.truth[:, None]).abs(), 0.0)
@@ -642,11 +644,17 @@ def skill_ratios(
     ratio = (mine + floor) / (network + floor)
     need = torch.tensor(list(min_pairs), device=count.device, dtype=count.dtype)
     ratio = torch.where(count >= need, ratio, torch.inf)
-    if guard > 0 and c.shifted:
-        start, stop, _ = c.families()[0]  # plain seasonal naive
+    # Plain seasonal naive is the first family; the seasonal means, the third.
+    guards = [(0, guard), (2, mean_guard if c.averaged else 0.0)]
+    if c.shifted and any(limit > 0 for _, limit in guards):
+        start, stop, _ = c.families()[0]
         typical = mine[:, start:stop] / count[:, start:stop].clamp_min(1)
-        plain = ratio[:, start:stop].masked_fill(level_moved(c, ends, guard, typical), torch.inf)
-        ratio = torch.cat([ratio[:, :start], plain, ratio[:, stop:]], 1)
+        for family, limit in guards:
+            if limit > 0:
+                f0, f1, _ = c.families()[family]
+                moved = level_moved(c, ends, limit, typical)
+                kept = ratio[:, f0:f1].masked_fill(moved, torch.inf)
+                ratio = torch.cat([ratio[:, :f0], kept, ratio[:, f1:]], 1)
     columns, best = [torch.ones_like(ratio[:, 0]), ratio[:, 0]], []
     longer = torch.tensor([m.shape[-1] > 1 for m in medians], device=ratio.device)
     for start, stop, one_step in c.families():
@@ -664,10 +672,11 @@ def level_moved(c: Candidates, ends: Sequence[int], guard: float, typical: Tenso
     context (`typical`), on average over the head's steps.
 
     In-context scoring cannot see a level shift until origins after it are scored, a token or
-    more later; until then plain seasonal naive keeps the weight its stable history earned and
-    repeats the old level (the demo's cooling failure and bearing fault). The shifted
-    candidate measures the move at once: a move far beyond the plain one's usual error means
-    its cycle is no longer the one to repeat."""
+    more later; until then plain seasonal naive (and the seasonal means, which average the
+    same cycles) keeps the weight its stable history earned and repeats the old level (the
+    demo's cooling failure and bearing fault). The shifted candidate measures the move at
+    once: a move far beyond the plain one's usual error means its cycle is no longer the one
+    to repeat."""
     (p0, p1, _), (s0, s1, _) = c.families()[:2]  # plain and shifted seasonal naive
     plain, shifted = c.forecasts[:, p0:p1, -1], c.forecasts[:, s0:s1, -1]
     both = c.defined[:, p0:p1, -1] & c.defined[:, s0:s1, -1]
@@ -683,6 +692,7 @@ def skill_mix(
     c: Candidates,
     median: int,
     guard: float = 0.0,
+    mean_guard: float = 0.0,
 ) -> tuple[Tensor, list[Tensor]]:
     """What the combination weighs: `skill_ratios`' error ratios `[batch, heads, mix]` and each
     head's forecasts to mix `[batch, mix, h]` from the last origin (the
@@ -690,7 +700,7 @@ def skill_mix(
     best has no value at the end (a long gap), naive stands in for it. A candidate needs 4 h
     pairs to be weighed."""
     min_pairs = [4 * m.shape[-1] for m in medians]
-    ratios, best = skill_ratios(c, medians, min_pairs, guard)
+    ratios, best = skill_ratios(c, medians, min_pairs, guard, mean_guard)
     final = c.forecasts[:, :, -1]  # [batch, classical, horizon]
     b, heads, slots = best.shape
     index = best.flatten(1)[..., None].expand(-1, -1, final.shape[-1])
@@ -713,6 +723,7 @@ def skill_combine(
     narrow: bool = False,
     guard: float = 0.0,
     gate: SkillGate | None = None,
+    mean_guard: float = 0.0,
 ) -> list[Tensor]:
     """Each head's last-token quantiles `[batch, h, n_quantiles]` (normalised) re-centred on
     the skill-weighted median of the network, naive and the best of each of `c`'s families
@@ -723,7 +734,7 @@ def skill_combine(
     the weighted error ratio (never widens): a mix that scored better than the network in the
     context is less uncertain than the network.
     """
-    ratios, mixes = skill_mix(quantiles, medians, c, median, guard)
+    ratios, mixes = skill_mix(quantiles, medians, c, median, guard, mean_guard)
     weights = power_weights(ratios, power) if gate is None else gate(ratios)
     combined = []
     for i, (q, mix) in enumerate(zip(quantiles, mixes, strict=True)):
@@ -968,6 +979,7 @@ class MoecastModel(nn.Module):
             cfg.combine_narrow,
             cfg.combine_guard,
             self.gate,
+            cfg.combine_cycles_guard,
         )
         return dict(zip(out.forecasts, combined, strict=True))
 
@@ -986,6 +998,7 @@ class MoecastModel(nn.Module):
             self._candidates(values, out),
             self.config.median_index,
             self.config.combine_guard,
+            self.config.combine_cycles_guard,
         )
         return ratios, mixes, out.loc, out.scale
 

@@ -319,6 +319,30 @@ def test_the_guard_drops_a_seasonal_naive_whose_level_has_moved(nano):
         torch.testing.assert_close(q, unguarded.predict(cycle[None])[h])
 
 
+def test_the_cycles_guard_drops_seasonal_means_whose_level_has_moved(nano):
+    # The stepped cycle above, with plain seasonal naive already guarded: the seasonal means
+    # average the cycles before the step and, unguarded, keep the weight their history earned.
+    t = torch.arange(128.0)
+    cycle = 20 + 3 * torch.sin(2 * math.pi * t / 24)
+    stepped = (cycle + 8 * (t >= 120))[None]
+    future = 28 + 3 * torch.sin(2 * math.pi * (128 + torch.arange(64.0)) / 24)
+    median = nano.config.median_index
+    both = {"combine_shifted": True, "combine_guard": 2.0, "combine_cycles": 4}
+    guarded = combined(nano, **both, combine_cycles_guard=2.0)
+    unguarded = combined(nano, **both)
+    with_guard, without = guarded.predict(stepped), unguarded.predict(stepped)
+    # One step ahead the seasonal means have no weight: the same forecast.
+    torch.testing.assert_close(with_guard[1], without[1])
+    for h in nano.config.horizons[1:]:
+        error = (with_guard[h][0, :, median] - future[:h]).abs().mean()
+        before = (without[h][0, :, median] - future[:h]).abs().mean()
+        # Beyond a period the other candidates (and the untrained network) weigh in more.
+        assert error < (0.5 if h <= 8 else 0.75) * before, h
+    # Where the level holds, the guard changes nothing.
+    for h, q in guarded.predict(cycle[None]).items():
+        torch.testing.assert_close(q, unguarded.predict(cycle[None])[h])
+
+
 def test_a_random_walk_leans_on_naive_not_on_a_season(nano):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 128, generator=g).cumsum(-1)

@@ -46,6 +46,7 @@ def test_config_json_round_trip():
         ({"horizons": (8, 32)}, "include 1"),
         ({"n_heads": 5}, "n_heads"),
         ({"combine_cycles": -1}, "combine_cycles"),
+        ({"combine_cycles_guard": -2.0}, "combine_cycles_guard"),
         ({"combine_damping": (0.95, 1.5)}, "combine_damping"),
     ],
 )

@@ -29,6 +29,7 @@ def combining(nano):
         combine_smoothing=(0.05, 0.2),
         combine_damping=(0.95, 1.0),  # both: one smoothing family of four members
         combine_cycles=3,
+        combine_cycles_guard=2.0,
     )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())

@@ -442,12 +442,12 @@ def classical_candidates(
     # last period's, or for p < k the latest full period's. A missing one is taken a period
     # earlier still, else filled forward over a short gap. All periods in one gather.
     p = (torch.tensor(periods, device=z.device) + zero)[:, None, None]  # [periods, 1, 1]
-    source = target - p * ((step + p - 1) // p)  # [periods, origins, horizon]
-    earlier = (source - p).clamp_min(0)
-    both = torch.stack([source.clamp_min(0), earlier]).flatten()
-    seen_at = take_points(observed, both).view(b, 2, *source.shape)
-    use_earlier = ~seen_at[:, 0] & seen_at[:, 1] & (source >= p)
-    source = torch.where(use_earlier, earlier, source)  # [batch, periods, origins, horizon]
+    repeated = target - p * ((step + p - 1) // p)  # [periods, origins, horizon]
+    earlier = (repeated - p).clamp_min(0)
+    both = torch.stack([repeated.clamp_min(0), earlier]).flatten()
+    seen_at = take_points(observed, both).view(b, 2, *repeated.shape)
+    use_earlier = ~seen_at[:, 0] & seen_at[:, 1] & (repeated >= p)
+    source = torch.where(use_earlier, earlier, repeated)  # [batch, periods, origins, horizon]
     filled, found = fill_forward(z, observed, 4 * patch_len)
     index = source.clamp_min(0).flatten(1)
     seasonal = filled.gather(1, index).view(source.shape)
@@ -474,14 +474,13 @@ def classical_candidates(
         # naive reads. As many cycles as the context holds; a missing reading filled
         # forward as seasonal naive's is (measured: with 30 % dropped, readings alone were
         # 0.5 % worse at h=8 to 64).
-        both = torch.stack([filled, found.to(z.dtype)], 1)  # [batch, 2, length]
+        table = torch.stack([filled, found.to(z.dtype)], 1)  # [batch, 2, length]
         sums = []
         for q in periods:
             taps = min(cycles, -(-length // q))
-            padded = F.pad(both, ((taps - 1) * q, 0))
-            sums.append(F.conv1d(padded, both.new_ones(2, 1, taps), dilation=q, groups=2))
+            padded = F.pad(table, ((taps - 1) * q, 0))
+            sums.append(F.conv1d(padded, table.new_ones(2, 1, taps), dilation=q, groups=2))
         sums = torch.stack(sums, 2).flatten(2)  # [batch, 2, periods * length]
-        repeated = target - p * ((step + p - 1) // p)  # [periods, origins, horizon]
         offset = (torch.arange(len(periods), device=z.device) + zero)[:, None, None] * length
         at = (repeated.clamp_min(0) + offset).flatten()
         total, count = take_points(sums, at).view(b, 2, *repeated.shape).unbind(1)

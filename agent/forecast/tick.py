@@ -62,7 +62,8 @@ _T = TypeVar("_T")
 # about 10 % more model time a tick (4.90-5.10 s against 4.13-4.89 s for 1000 streams).
 # 2 since bundle v7, whose seasonal-mean candidates take ONNX Runtime's arena up by 2.8 MB in
 # runs of 3 (`benchmarks/agent_memory.py`): a quick run peaked at 152 MB in runs of 3 and
-# 147 MB in runs of 2, for 19 % more model time (5.40 s against 4.54 s for 1000 streams).
+# 147-148 MB in runs of 2, for 7 % more model time in the full run (4.71 s against 4.41 s for
+# 1000 streams) and 7-19 % in quick ones.
 MAX_BATCH = 2
 # Rows gridded, run, sorted, calibrated, encoded and published together: a few numpy calls
 # per block, not per model run, while a block's arrays (float64 quantiles, payloads) stay

@@ -24,6 +24,14 @@ DRIFT = {**P4, "combine_drifts": (32, 128)}
 SHIFT = {**DRIFT, "combine_shifted": True}  # bundle v2's decoding
 LES = {**SHIFT, "combine_smoothing": (0.05, 0.1, 0.2, 0.4)}  # with damping 0.95: v3's, shipped
 
+# Bundle v7's decoding, shipped.
+V7 = {
+    **LES,
+    "combine_damping": (0.95, 1.0),
+    "combine_cycles": 32,
+    "combine_cycles_guard": 3.0,
+}
+
 VARIANTS: dict[str, dict] = {
     "off": {"skill_combine": False},
     "p1": {**P4, "combine_power": 1.0},
@@ -68,6 +76,16 @@ VARIANTS: dict[str, dict] = {
             "combine_cycles_guard": float(g),
         }
         for g in (2, 3)
+    },
+    # Also Holt's trend with the level at the last value (`combine_trends`), in the drift
+    # family; "t" lists the betas.
+    **{
+        f"v7-t{name}": {**V7, "combine_trends": betas}
+        for name, betas in {
+            "05-20": (0.05, 0.2),
+            "10": (0.1,),
+            "02-05-20": (0.02, 0.05, 0.2),
+        }.items()
     },
 }
 

@@ -56,6 +56,10 @@ class ModelConfig:
     # Drift candidates: the last value plus the slope over each of these many points (the best
     # one joins the mix); none by default.
     combine_drifts: tuple[int, ...] = ()
+    # Holt's trend candidates: the last value plus the exponentially weighted mean of the
+    # one-step changes, one per smoothing constant beta, damped by each of `combine_damping`
+    # (AutoETS' damped trend with alpha 1). They join the drift family; none by default.
+    combine_trends: tuple[float, ...] = ()
     # Also seasonal naive carrying the level change since the repeated cycle (the best period
     # joins the mix): after a level shift plain seasonal naive repeats the old level for a
     # whole period, and one that scored well before the shift would hold the mix down.
@@ -103,6 +107,7 @@ class ModelConfig:
         damping = tuple(map(float, damping)) if isinstance(damping, list | tuple) else (damping,)
         object.__setattr__(self, "combine_damping", damping)
         object.__setattr__(self, "combine_smoothing", smoothing)
+        object.__setattr__(self, "combine_trends", tuple(float(b) for b in self.combine_trends))
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -138,6 +143,8 @@ class ModelConfig:
             yield f"combine_cycles_guard must be >= 0, got {self.combine_cycles_guard}"
         if any(w < 1 for w in self.combine_drifts):
             yield f"combine_drifts must be positive, got {self.combine_drifts}"
+        if any(not 0.0 < b < 1.0 for b in self.combine_trends):
+            yield f"combine_trends must lie in (0, 1), got {self.combine_trends}"
         if any(not 0.0 < a < 1.0 for a in self.combine_smoothing):
             yield f"combine_smoothing must lie in (0, 1), got {self.combine_smoothing}"
         if not self.combine_damping or not all(0.0 < d <= 1.0 for d in self.combine_damping):
@@ -161,11 +168,12 @@ class ModelConfig:
     @property
     def combine_slots(self) -> int:
         """Forecasts the combination mixes: the network, naive, seasonal naive, then the
-        shifted seasonal, seasonal mean, drift and smoothing families where configured."""
+        shifted seasonal, seasonal mean, drift (with Holt's trend) and smoothing families where
+        configured."""
         families = (
             self.combine_shifted,
             self.combine_cycles > 1,
-            bool(self.combine_drifts),
+            bool(self.combine_drifts or self.combine_trends),
             bool(self.combine_smoothing),
         )
         return 3 + sum(families)

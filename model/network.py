@@ -419,9 +419,11 @@ def classical_candidates(
     smoothing: Sequence[float] = (),
     dampings: Sequence[float] = (1.0,),
     cycles: int = 0,
+    trends: Sequence[float] = (),
 ) -> Candidates:
     """Naive, seasonal naive (with `shifted`, also level-shifted; with `cycles` > 1, also
-    averaged over that many cycles), drift and linear exponential smoothing forecasts of
+    averaged over that many cycles), drift (over `drifts` windows, then Holt's trend for each
+    of `trends` and `dampings`) and linear exponential smoothing forecasts of
     `horizon` steps from the end of every token that can be scored, with the targets to score
     them on. `last` `[batch, tokens]` is the last observed value up to each token's end."""
     b, length = z.shape
@@ -497,6 +499,13 @@ def classical_candidates(
         slope = (last[:, None, first:] - start_value) / w.to(z.dtype)
         forecasts.append(last[:, None, first:, None] + slope[..., None] * step.to(z.dtype))
         defined.append(start_found[..., None].expand(-1, -1, -1, horizon))
+    if trends:
+        # Into the drift family: the best of drift and Holt's trend joins the mix.
+        added, known = holt_trends(
+            z, observed, trends, patch_len, first, step.to(z.dtype), dampings
+        )
+        forecasts.append(last[:, None, first:, None] + added)
+        defined.append(known)
     if smoothing:
         smoothed, known = linear_smoothing(
             z, observed, smoothing, patch_len, first, step.to(z.dtype), dampings
@@ -541,24 +550,10 @@ def linear_smoothing(
     bias), cut where the weights fall below `SMOOTHING_TAIL`: causal convolutions (no
     recurrence in the graph), s2 only at the tokens' ends. Undefined where no observed point
     carries weight."""
-    length = z.shape[1]
-    reach = max(math.ceil(math.log(SMOOTHING_TAIL) / math.log1p(-a)) for a in alphas)
-    reach = min(max(reach, patch_len), length)
-    # conv1d correlates: the kernel's last tap meets the newest point.
-    lag = torch.arange(reach - 1, -1, -1, device=z.device, dtype=z.dtype)
-    decay = torch.tensor([math.log1p(-a) for a in alphas], device=z.device, dtype=z.dtype)
-    kernel = (decay[:, None] * lag).exp()[:, None]  # [alphas, 1, reach]
-    kernel = torch.cat([kernel, kernel])  # the same for the weighted sums and the weights
-    n = len(alphas)
+    reach = smoothing_reach(alphas, patch_len, z.shape[1])
 
     def mean(x: Tensor, weight: Tensor, stride: int) -> tuple[Tensor, Tensor]:
-        """The means at every `stride`-th point, the last of each stride."""
-        # Sums and weights side by side in the channels (the batch stays one dynamic axis).
-        both = F.pad(torch.cat([x * weight, weight], 1), (reach - stride, 0))
-        sums = F.conv1d(both, kernel, stride=stride, groups=2 * x.shape[1])
-        total, mass = sums[:, :n], sums[:, n:]
-        known = mass > 1e-6
-        return total / torch.where(known, mass, 1.0), known
+        return exponential_means(x, weight, alphas, reach, stride)
 
     s1, known = mean(z[:, None], observed.to(z.dtype)[:, None], 1)  # [batch, alphas, length]
     # Where s1 is known at a token's end, so is s2 (s1 there has weight 1 in it).
@@ -576,6 +571,68 @@ def linear_smoothing(
         1,
     )
     return forecasts, known[..., first:, None].repeat(1, len(dampings), 1, step.shape[-1])
+
+
+def smoothing_reach(alphas: Sequence[float], patch_len: int, length: int) -> int:
+    """Taps of the exponential means' kernels: where the smallest alpha's weights fall below
+    `SMOOTHING_TAIL`, at least a patch, at most the context."""
+    reach = max(math.ceil(math.log(SMOOTHING_TAIL) / math.log1p(-a)) for a in alphas)
+    return min(max(reach, patch_len), length)
+
+
+def exponential_means(
+    x: Tensor, weight: Tensor, alphas: Sequence[float], reach: int, stride: int
+) -> tuple[Tensor, Tensor]:
+    """`x` `[batch, 1 or alphas, length]` and its `weight`s -> the exponentially weighted
+    mean for each alpha (`[batch, alphas, length // stride]`; of the one channel, or each
+    channel with its own alpha) at the last point of every `stride`, the weights
+    renormalised over what carries weight (a gap or the context's start is no bias), and
+    whether anything did. A causal convolution cut at `reach` taps: no recurrence in the
+    graph."""
+    # conv1d correlates: the kernel's last tap meets the newest point.
+    lag = torch.arange(reach - 1, -1, -1, device=x.device, dtype=x.dtype)
+    decay = torch.tensor([math.log1p(-a) for a in alphas], device=x.device, dtype=x.dtype)
+    kernel = (decay[:, None] * lag).exp()[:, None]  # [alphas, 1, reach]
+    kernel = torch.cat([kernel, kernel])  # the same for the weighted sums and the weights
+    # Sums and weights side by side in the channels (the batch stays one dynamic axis).
+    both = F.pad(torch.cat([x * weight, weight], 1), (reach - stride, 0))
+    sums = F.conv1d(both, kernel, stride=stride, groups=2 * x.shape[1])
+    n = len(alphas)
+    total, mass = sums[:, :n], sums[:, n:]
+    known = mass > 1e-6
+    return total / torch.where(known, mass, 1.0), known
+
+
+def holt_trends(
+    z: Tensor,
+    observed: Tensor,
+    betas: Sequence[float],
+    patch_len: int,
+    first: int,
+    step: Tensor,
+    dampings: Sequence[float] = (1.0,),
+) -> tuple[Tensor, Tensor]:
+    """What Holt's trend adds to the last value k steps ahead from the end of every token
+    from `first` on, one per smoothing constant beta and damping (all the betas with the
+    first damping, then with the next): `[batch, betas * dampings, origins, horizon]`, and
+    whether each is defined.
+
+    The trend is the exponentially weighted mean of the changes between consecutive
+    readings (one across a gap is left out: filled forward, it would read as no change and
+    then a jump), times d + ... +
+    d ** k for a damping d (k undamped). With the level at the last value, this is Holt's
+    method with alpha 1, the damped-trend model AutoETS fits to fast, drifting sensors (CO2,
+    humidity, air pressure) with alpha near 1 and beta 0.05 to 0.2: neither drift over a
+    fixed window nor Brown's smoothing (whose trend is tied to a smoothed level) is that
+    forecast."""
+    change = F.pad(z[:, 1:] - z[:, :-1], (1, 0))[:, None]
+    both = F.pad((observed[:, 1:] & observed[:, :-1]).to(z.dtype), (1, 0))[:, None]
+    reach = smoothing_reach(betas, patch_len, z.shape[1])
+    slope, known = exponential_means(change, both, betas, reach, patch_len)
+    slope, known = slope[..., first:, None], known[..., first:, None]  # [batch, betas, origins, 1]
+    steps = [torch.pow(d, step).cumsum(-1) if d < 1 else step for d in dampings]
+    forecasts = torch.cat([slope * k for k in steps], 1)
+    return forecasts, known.repeat(1, len(dampings), 1, step.shape[-1])
 
 
 def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor, Tensor]:
@@ -963,6 +1020,7 @@ class MoecastModel(nn.Module):
             cfg.combine_smoothing,
             cfg.combine_damping,
             cfg.combine_cycles,
+            cfg.combine_trends,
         )
 
     def _combine(self, values: Tensor, out: MoecastOutput) -> dict[int, Tensor]:

@@ -12,6 +12,7 @@ from moecast.model.network import (
     MoecastModel,
     classical_candidates,
     fill_forward,
+    holt_trends,
     last_observed,
     linear_smoothing,
     power_weights,
@@ -483,3 +484,71 @@ def test_the_seasonal_mean_is_a_family_from_two_steps_on_and_beats_one_noisy_cyc
     # Off (0 or 1 cycle), there is no such family.
     plain = classical_candidates(z, observed, last, 8, (12, 24), 128, 32, cycles=1)
     assert plain.families() == [(1, 3, True)]
+
+
+def test_holt_trend_follows_a_line_across_gaps_and_damps_its_slope():
+    z = (3 + 0.5 * torch.arange(128.0))[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    observed[0, [100, 101, 110]] = False  # gaps: their changes are left out, not read as 0
+    z = torch.where(observed, z, 0.0)
+    step = torch.arange(1.0, 9.0)
+    # tokens of 16 points from the fifth: they end at points 79, 95, 111 and 127
+    added, known = holt_trends(z, observed, (0.2, 0.05), 16, 4, step, dampings=(0.9, 1.0))
+    assert added.shape == known.shape == (1, 4, 4, 8)  # each beta with each damping
+    assert known.all()
+    torch.testing.assert_close(added[0, 2:], (0.5 * step).expand(2, 4, 8))  # undamped
+    torch.testing.assert_close(added[0, :2], (0.5 * torch.cumsum(0.9**step, 0)).expand(2, 4, 8))
+
+
+def test_holt_trend_weighs_recent_changes_more_and_needs_two_readings_in_a_row():
+    # The slope changes from 1 to 3 at point 40; every other point before 20 is missing.
+    t = torch.arange(64.0)
+    z = torch.where(t < 40, t, 40 + 3 * (t - 40))[None]
+    observed = (t >= 20) | (t % 2 == 0)
+    z, observed = torch.where(observed, z, 0.0), observed[None]
+    step = torch.arange(1.0, 3.0)
+    slope, known = holt_trends(z, observed, (0.5, 0.05), 8, 0, step)
+    slope = slope[0, :, :, 0]  # one step ahead: the trend itself [betas, tokens]
+    assert not known[0, :, :2].any()  # points 0-15: no two readings in a row
+    assert known[0, :, 2:].all()  # from points 20 and 21 on
+    torch.testing.assert_close(slope[:, 3], torch.ones(2))  # before the change
+    # At the end (point 63): beta 0.5 has nearly forgotten the old slope, 0.05 has not.
+    assert slope[0, -1] > 2.99
+    assert 2.0 < slope[1, -1] < 2.8
+
+
+def test_holt_trends_join_the_drift_family():
+    z = torch.arange(64.0)[None]
+    observed = torch.ones_like(z, dtype=torch.bool)
+    last = last_observed(z, observed, 4)
+    c = classical_candidates(z, observed, last, 4, (8,), 4, 8, drifts=(16,), trends=(0.1, 0.3))
+    assert c.forecasts.shape[1] == 1 + 1 + 1 + 2
+    assert c.families() == [(1, 2, True), (2, 5, False)]  # drift and trends: one family
+    alone = classical_candidates(z, observed, last, 4, (8,), 4, 8, trends=(0.1,))
+    assert alone.families() == [(1, 2, True), (2, 3, False)]
+    # on a line, the trend candidates are exact from their first defined origin
+    trend = c.forecasts[0, 3:, 2:]
+    truth = c.truth[0, 2:]
+    scored = c.scored[0, 2:]
+    assert (trend - truth).abs()[:, scored].max() < 1e-4
+    # and the config's slots count them in the drift family
+    config = preset("nano", skill_combine=True, combine_trends=(0.1,))
+    assert config.combine_slots == preset("nano", skill_combine=True).combine_slots + 1
+
+
+def test_a_drifting_sensor_gets_holts_trend(nano):
+    # A humidity-like drift: the slope wanders, readings are quantised and 20 % are missing.
+    g = torch.Generator().manual_seed(4)
+    t = torch.arange(192.0)
+    slope = 0.2 + 0.05 * torch.sin(2 * math.pi * t / 150)
+    path = 5 + torch.cumsum(slope, 0)
+    x = torch.round(path * 10) / 10
+    x = torch.where(torch.rand(192, generator=g) < 0.2, NAN, x)
+    context, future = x[None, :128], path[128:]
+    with_trends = combined(nano, combine_trends=(0.05, 0.2)).predict(context)
+    without = combined(nano).predict(context)
+    median = nano.config.median_index
+    torch.testing.assert_close(with_trends[1], without[1])  # from two steps on only
+    for h in (8, 32, 64):
+        error = (with_trends[h][0, :, median] - future[:h]).abs().mean()
+        assert error < (without[h][0, :, median] - future[:h]).abs().mean() / 2, h

@@ -48,6 +48,8 @@ def test_config_json_round_trip():
         ({"combine_cycles": -1}, "combine_cycles"),
         ({"combine_cycles_guard": -2.0}, "combine_cycles_guard"),
         ({"combine_damping": (0.95, 1.5)}, "combine_damping"),
+        ({"combine_trends": (0.05, 1.0)}, "combine_trends"),
+        ({"combine_trends": (0.0,)}, "combine_trends"),
     ],
 )
 def test_invalid_configs_are_rejected_with_the_reason(changes, message):

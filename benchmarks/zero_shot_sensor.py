@@ -41,7 +41,12 @@ baseline, for each class and for all series: the geometric mean of MASE over ser
 relative to SeasonalNaive (GIFT-Eval: each series' WQL over SeasonalNaive's on the same
 series, then the geometric mean); and, for each model, the share of series on which its MASE is
 strictly lower than each baseline's (ties, e.g. both exact on a flat stretch, are not wins;
-their share is printed beside).
+their share is printed beside). Beside them a hindsight bound, per horizon: on each series the
+lowest MASE among the baselines, and among each model and the baselines, as if the right one
+had been picked for that series knowing its scores; the geometric mean over the best single
+baseline's. It says how far choosing well among these forecasters could go on a class: where
+even it stays near 1, the baselines are near one another and the series near their limit for
+them.
 Scores are floored at `SCORE_FLOOR` before logarithms: an exact forecast of a flat stretch
 counts as that floor for every forecaster alike instead of being left out or dominating.
 Then each class split by source dataset (NAB by category): the series count, each model's
@@ -301,7 +306,7 @@ def main() -> int:
         + ", ".join(f"{k} {int(np.sum(kinds == k))}" for k in CLASSES)
     )
 
-    rows, wins, vs_best = [], [], []
+    rows, wins, vs_best, hindsight = [], [], [], []
     for drop in args.drops:
         for group in ("all", *CLASSES):
             chosen = np.ones(len(scored), bool) if group == "all" else kinds == group
@@ -314,6 +319,11 @@ def main() -> int:
                 {"model": m, "drop": drop, "group": group, "horizon": h, "best": b, "ratio": r}
                 for m, per_h in table["vs_best"].items()
                 for h, (b, r) in zip(HORIZONS, per_h, strict=True)
+            ]
+            hindsight += [
+                {"members": label, "drop": drop, "group": group, "horizon": h, "ratio": r}
+                for label, per_h in table["hindsight"].items()
+                for h, r in zip(HORIZONS, per_h, strict=True)
             ]
             print_group(group, int(chosen.sum()), drop, table)
     by_source = sources_within_classes(scored, names, list(models), args.drops[0], mase_of)
@@ -340,6 +350,7 @@ def main() -> int:
                 "rows": rows,
                 "wins": wins,
                 "vs_best_baseline": vs_best,
+                "hindsight_vs_best_baseline": hindsight,
                 "worst": worst,
                 "sources_within_classes": by_source,
                 "mase_per_series": {f"{n}|{d}|{h}": v for (n, d, h), v in mase_of.items()},
@@ -460,14 +471,32 @@ def summarise(
                     }
                 )
     vs_best: dict[str, list[tuple[str, float]]] = {}
+    # Per horizon, what choosing per series (knowing the scores) among the baselines, and among
+    # each model and the baselines, would give, over the best single baseline.
+    hindsight: dict[str, list[float]] = {}
     baselines = [n for n in names if n not in model_names]
-    for model in model_names if baselines else []:
-        vs_best[model] = []
-        for h in HORIZONS:
-            mase = {r["forecaster"]: r["gmean_mase"] for r in rows if r["horizon"] == h}
-            best = min(baselines, key=mase.__getitem__)
-            vs_best[model].append((best, mase[model] / mase[best]))
-    return {"rows": rows, "wins": wins, "vs_best": vs_best}
+    choices = [("baselines", baselines)] + [
+        (f"{m} + baselines", [m, *baselines]) for m in model_names
+    ]
+    for h in HORIZONS if baselines else []:
+        mase = {r["forecaster"]: r["gmean_mase"] for r in rows if r["horizon"] == h}
+        best = min(baselines, key=mase.__getitem__)
+        for model in model_names:
+            vs_best.setdefault(model, []).append((best, mase[model] / mase[best]))
+        for label, members in choices:
+            bound = hindsight_choice(mase_of, members, drop, h, chosen)
+            hindsight.setdefault(label, []).append(bound / mase[best])
+    return {"rows": rows, "wins": wins, "vs_best": vs_best, "hindsight": hindsight}
+
+
+def hindsight_choice(
+    mase_of: dict[tuple, list[float]], members: list[str], drop: float, h: int, chosen: np.ndarray
+) -> float:
+    """Geometric-mean MASE of the best of `members` on each series, chosen knowing its scores:
+    a bound no per-series choice among them can pass."""
+    scores = np.array([np.array(mase_of[m, drop, h], dtype=float)[chosen] for m in members])
+    scores = np.where(np.isfinite(scores), scores, np.inf).min(0)
+    return geometric_mean(np.where(np.isinf(scores), np.nan, scores), SCORE_FLOOR)
 
 
 def print_group(group: str, n_series: int, drop: float, table: dict) -> None:
@@ -487,6 +516,12 @@ def print_group(group: str, n_series: int, drop: float, table: dict) -> None:
             f"{model + ' / best':<15}"
             + "".join(f"{f'{ratio:.3f} ({SHORT[best]})':>17}" for best, ratio in per_h)
             + "   (its MASE over the best baseline's, per horizon)"
+        )
+    for label, ratios in table["hindsight"].items():
+        print(
+            f"{'hindsight':<15}"
+            + "".join(f"{r:>17.3f}" for r in ratios)
+            + f"   (per series the best of {label}, picked in hindsight, over the best baseline)"
         )
     shares: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for win in table["wins"]:

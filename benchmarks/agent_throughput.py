@@ -75,21 +75,19 @@ from timing import cpu_description, wait
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_ID = "bench"
+# The goals in force (issue #17's, which replaced the first agent issue's 30,000 readings/s at
+# QoS 0 and 0.25 s a tick: the first is above what a bare paho subscriber receives on these
+# machines, the second below what 1000 int8 forecasts cost on one core).
 GOALS = {
-    "qos0_readings_per_s": 30_000.0,
     # What the agent stores of the messages a bare paho subscriber receives from the same flood.
     "qos0_ratio_to_paho": 0.70,
     "qos1_readings_per_s": 10_000.0,
     "batch_readings_per_s": 300_000.0,
-    "tick_latency_s": 0.25,
+    # The tick's time outside the model (grids, payloads, publishing), median of the ticks.
+    "tick_rest_s": 0.1,
     "peak_rss_mb": 150.0,
 }
-HIGHER_IS_BETTER = {
-    "qos0_readings_per_s",
-    "qos0_ratio_to_paho",
-    "qos1_readings_per_s",
-    "batch_readings_per_s",
-}
+HIGHER_IS_BETTER = {"qos0_ratio_to_paho", "qos1_readings_per_s", "batch_readings_per_s"}
 FLOOD_PUBLISHERS = 4  # mosquitto_pub processes per flood, one stream each
 PROFILE_MESSAGES = 40_000  # the profiled agent's QoS 1 flood
 BATCH = 500  # readings per batch message
@@ -880,6 +878,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
             broker.stop()
     results["memory"] = memory
     ticks = results["ticks"]
+    rest = [t - i for t, i in zip(ticks["agent_tick_s"], ticks["agent_inference_s"], strict=True)]
     measured = {
         "qos0_readings_per_s": statistics.median(
             r["agent"]["readings_per_s"] for r in results["qos0_rounds"]
@@ -888,6 +887,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         "qos1_readings_per_s": results["qos1"]["readings_per_s"],
         "batch_readings_per_s": results["batch"]["readings_per_s"],
         "tick_latency_s": max(ticks["latency_s"]),
+        "tick_rest_s": statistics.median(rest) if rest else float("nan"),
         "peak_rss_mb": max(m["peak_rss_mb"] for m in memory.values()),
     }
     report(measured, results)
@@ -917,16 +917,21 @@ def report(measured: dict[str, float], results: dict[str, Any]) -> None:
         "qos1_readings_per_s": "QoS 1, one reading per message (readings/s)",
         "batch_readings_per_s": f"QoS 1, {BATCH} readings per message (readings/s)",
         "tick_latency_s": f"forecast tick, {FORECAST_STREAMS} streams, worst (s)",
+        "tick_rest_s": "tick outside the model, median (s)",
         "peak_rss_mb": "agent peak RSS (MB)",
     }
     print(f"\n{'':<48} {'measured':>11} {'goal':>11} {'ratio':>7}  meets")
     for key, label in labels.items():
-        value, goal = measured[key], GOALS[key]
-        better = value >= goal if key in HIGHER_IS_BETTER else value <= goal
+        value = measured[key]
         number = f"{value:>11,.0f}" if value >= 100 else f"{value:>11.3f}"
+        if key not in GOALS:
+            print(f"{label:<48} {number}")
+            continue
+        goal = GOALS[key]
+        better = value >= goal if key in HIGHER_IS_BETTER else value <= goal
         goal_text = f"{goal:>11,.0f}" if goal >= 100 else f"{goal:>11.3f}"
         print(f"{label:<48} {number} {goal_text} {value / goal:>7.2f}  {'yes' if better else 'NO'}")
-    print("(ratio: measured / goal; throughput meets at >= 1, latency and memory at <= 1)")
+    print("(ratio: measured / goal; throughput meets at >= 1, time and memory at <= 1)")
     for name in ("qos0", "qos1", "batch"):
         r = results[name]
         print(

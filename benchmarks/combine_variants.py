@@ -32,6 +32,9 @@ V7 = {
     "combine_cycles_guard": 3.0,
 }
 
+# Bundle v8's.
+V8 = {**V7, "combine_trends": (0.02, 0.05, 0.2)}
+
 VARIANTS: dict[str, dict] = {
     "off": {"skill_combine": False},
     "p1": {**P4, "combine_power": 1.0},
@@ -87,6 +90,10 @@ VARIANTS: dict[str, dict] = {
             "02-05-20": (0.02, 0.05, 0.2),
         }.items()
     },
+    # The combination's power, one for every head ("p12") or one per head h=1 / 8 / 32 / 64
+    # ("p12-12-4-4", bundle v9's).
+    **{f"v8-p{p}": {**V8, "combine_power": float(p)} for p in (6, 8, 12, 16, 24)},
+    "v8-p12-12-4-4": {**V8, "combine_power": (12.0, 12.0, 4.0, 4.0)},
 }
 
 

@@ -84,7 +84,10 @@ class ModelConfig:
     # d + d ** 2 + ... + d ** k trends for a damping d; 1: undamped. Each alpha comes with each
     # damping listed, the best in the context joins the mix. A single number is read as one.
     combine_damping: tuple[float, ...] = (1.0,)
-    combine_power: float = 4.0
+    # One power for every head, or one per head (in `horizons` order): a near-hard choice
+    # wins a step or eight ahead, while far ahead the context's record of an extrapolation
+    # says less (`benchmarks/COMBINE.md`).
+    combine_power: float | tuple[float, ...] = 4.0
     # Learned weights instead (`network.SkillGate`, fitted by `moecast fit-gate` with the
     # network frozen): per head and candidate family, from every head's error ratios. These
     # are weights: a checkpoint with the gate holds them.
@@ -108,6 +111,9 @@ class ModelConfig:
         object.__setattr__(self, "combine_damping", damping)
         object.__setattr__(self, "combine_smoothing", smoothing)
         object.__setattr__(self, "combine_trends", tuple(float(b) for b in self.combine_trends))
+        power = self.combine_power
+        power = tuple(map(float, power)) if isinstance(power, list | tuple) else float(power)
+        object.__setattr__(self, "combine_power", power)
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -149,8 +155,13 @@ class ModelConfig:
             yield f"combine_smoothing must lie in (0, 1), got {self.combine_smoothing}"
         if not self.combine_damping or not all(0.0 < d <= 1.0 for d in self.combine_damping):
             yield f"combine_damping must lie in (0, 1], got {self.combine_damping}"
-        if self.combine_power < 0:
+        if any(p < 0 for p in self.head_powers):
             yield f"combine_power must be >= 0, got {self.combine_power}"
+        if isinstance(self.combine_power, tuple) and len(self.combine_power) != len(self.horizons):
+            yield (
+                f"combine_power needs one power per horizon {self.horizons} or a single one, "
+                f"got {self.combine_power}"
+            )
         if self.combine_guard < 0:
             yield f"combine_guard must be >= 0, got {self.combine_guard}"
         qs = self.quantiles
@@ -164,6 +175,12 @@ class ModelConfig:
     @property
     def expert_d_ff(self) -> int:
         return self.d_ff // 2 if self.is_sparse else self.d_ff
+
+    @property
+    def head_powers(self) -> tuple[float, ...]:
+        """The combination's power for each head."""
+        power = self.combine_power
+        return power if isinstance(power, tuple) else (power,) * len(self.horizons)
 
     @property
     def combine_slots(self) -> int:

@@ -649,8 +649,11 @@ def _patch_levels(filled: Tensor, found: Tensor, patch_len: int) -> tuple[Tensor
     return total / count.clamp_min(1.0), count > 0
 
 
-def power_weights(ratios: Tensor, power: float) -> Tensor:
-    """Weights `ratios ** -power`, normalised over the last axis (an inf ratio weighs 0)."""
+def power_weights(ratios: Tensor, power: float | Sequence[float]) -> Tensor:
+    """Weights `ratios ** -power`, normalised over the last axis (an inf ratio weighs 0);
+    `ratios` `[batch, heads, mix]`, `power` one number or one per head."""
+    if not isinstance(power, int | float):
+        power = torch.tensor(power, dtype=ratios.dtype, device=ratios.device)[:, None]
     raw = ratios.pow(-power)
     return raw / raw.sum(-1, keepdim=True)
 
@@ -774,7 +777,7 @@ def skill_combine(
     quantiles: Sequence[Tensor],
     medians: Sequence[Tensor],
     c: Candidates,
-    power: float,
+    power: float | Sequence[float],
     median: int,
     narrow: bool = False,
     guard: float = 0.0,
@@ -817,9 +820,13 @@ class SkillGate(nn.Module):
     (`moecast.model.fit_gate`).
     """
 
-    def __init__(self, heads: int, slots: int, power: float, hidden: int = 32) -> None:
+    def __init__(
+        self, heads: int, slots: int, power: float | Sequence[float], hidden: int = 32
+    ) -> None:
         super().__init__()
-        self.log_power = nn.Parameter(torch.full((heads, 1), math.log(max(power, 1e-3))))
+        powers = [power] * heads if isinstance(power, int | float) else list(power)
+        start = [[math.log(max(p, 1e-3))] for p in powers]
+        self.log_power = nn.Parameter(torch.tensor(start))
         self.hidden = nn.Linear(2 * heads * slots, hidden)
         self.out = nn.Linear(hidden, heads * slots)
         nn.init.zeros_(self.out.weight)
@@ -889,7 +896,7 @@ class MoecastModel(nn.Module):
         self.apply(self._init_weights)
         self.gate = None
         if config.skill_combine and config.combine_gate:
-            self.gate = SkillGate(len(config.horizons), config.combine_slots, config.combine_power)
+            self.gate = SkillGate(len(config.horizons), config.combine_slots, config.head_powers)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

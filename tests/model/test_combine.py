@@ -410,6 +410,31 @@ def test_the_power_is_a_config_field(nano, power):
     assert combined(nano, combine_power=power).config.combine_power == power
 
 
+def test_power_weights_take_one_power_per_head():
+    ratios = torch.tensor([[[1.0, 0.5, 2.0, torch.inf], [1.0, 0.8, 1.25, 3.0]]])
+    per_head = power_weights(ratios, (12.0, 2.0))
+    torch.testing.assert_close(per_head[:, 0], power_weights(ratios, 12.0)[:, 0])
+    torch.testing.assert_close(per_head[:, 1], power_weights(ratios, 2.0)[:, 1])
+    assert per_head[0, 0, 1] > 0.99  # a near-hard choice of the best
+    assert per_head[0, 0, 3] == 0  # inf: not weighed
+
+
+def test_each_head_combines_with_its_own_power(nano):
+    """A head's weights depend on its power alone: a model with a power per head forecasts, at
+    each head, what the model with that head's power as its only one does."""
+    t = torch.arange(nano.config.context_length, dtype=torch.float32)
+    x = torch.stack(
+        [20 + 5 * torch.sin(2 * math.pi * t / 12) + 0.3 * torch.randn(len(t)), 0.05 * t]
+    )
+    powers = (16.0, 1.0, 8.0, 2.0)[: len(nano.config.horizons)]
+    mixed = combined(nano, combine_power=powers, combine_drifts=(8, 32)).predict(x)
+    for h, power in zip(nano.config.horizons, powers, strict=True):
+        alone = combined(nano, combine_power=power, combine_drifts=(8, 32)).predict(x)
+        torch.testing.assert_close(mixed[h], alone[h])
+    one = combined(nano, combine_power=1.0, combine_drifts=(8, 32)).predict(x)
+    assert not torch.allclose(mixed[1], one[1])  # the powers matter for these inputs
+
+
 def test_hold_by_level_counts_only_pairs_that_start_at_the_last_value():
     from moecast.model.network import hold_probability
 

@@ -50,6 +50,9 @@ def test_config_json_round_trip():
         ({"combine_damping": (0.95, 1.5)}, "combine_damping"),
         ({"combine_trends": (0.05, 1.0)}, "combine_trends"),
         ({"combine_trends": (0.0,)}, "combine_trends"),
+        ({"combine_power": -1.0}, "combine_power"),
+        ({"combine_power": (12.0, 4.0)}, "one power per horizon"),
+        ({"combine_power": (12.0, 12.0, -4.0, 4.0)}, "combine_power"),
     ],
 )
 def test_invalid_configs_are_rejected_with_the_reason(changes, message):
@@ -60,3 +63,10 @@ def test_invalid_configs_are_rejected_with_the_reason(changes, message):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="edge-dense-total"):
         preset("large")
+
+
+def test_a_power_per_head_survives_json_and_reads_per_head():
+    config = preset("edge", combine_power=[12, 12, 4, 4])
+    assert config.combine_power == (12.0, 12.0, 4.0, 4.0)
+    assert ModelConfig.from_json(config.to_json()) == config
+    assert preset("edge", combine_power=6).head_powers == (6.0,) * len(config.horizons)

@@ -31,6 +31,7 @@ def combining(nano):
         combine_damping=(0.95, 1.0),  # both: one smoothing family of four members
         combine_cycles=3,
         combine_cycles_guard=2.0,
+        combine_power=(12.0, 12.0, 4.0, 4.0),  # one per head
     )
     model = MoecastModel(config).eval()
     model.load_state_dict(nano.state_dict())

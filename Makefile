@@ -50,7 +50,7 @@ test: install-dev
 default-bundle: install-dev
 	rm -rf build/default_bundle
 	$(BIN)/moecast export --checkpoint model/weights/edge --out build/default_bundle \
-		--quantize int8 --dev-key --model-version 8
+		--quantize int8 --dev-key --model-version 9
 	cp build/default_bundle/* agent/default_bundle/
 
 ## ruff (lint and format) and the import-linter layering contracts.

@@ -423,9 +423,8 @@ def test_each_head_combines_with_its_own_power(nano):
     """A head's weights depend on its power alone: a model with a power per head forecasts, at
     each head, what the model with that head's power as its only one does."""
     t = torch.arange(nano.config.context_length, dtype=torch.float32)
-    x = torch.stack(
-        [20 + 5 * torch.sin(2 * math.pi * t / 12) + 0.3 * torch.randn(len(t)), 0.05 * t]
-    )
+    noise = torch.randn(len(t), generator=torch.Generator().manual_seed(0))
+    x = torch.stack([20 + 5 * torch.sin(2 * math.pi * t / 12) + 0.3 * noise, 0.05 * t])
     powers = (16.0, 1.0, 8.0, 2.0)[: len(nano.config.horizons)]
     mixed = combined(nano, combine_power=powers, combine_drifts=(8, 32)).predict(x)
     for h, power in zip(nano.config.horizons, powers, strict=True):
